@@ -1,0 +1,433 @@
+"""What the API acknowledged, durably: a SQLite database in WAL mode under the state dir.
+
+The unit is a *line range* of one input file (a batch). Before a batch is sent it is written
+as `inflight`; when its answer arrives it becomes `acked` with its counts, in one fsync'd
+transaction (synchronous=FULL survives power loss). A resume therefore knows exactly:
+  * acked ranges        -> skipped (a contiguous prefix by seeking, the rest line by line);
+  * inflight ranges     -> *ambiguous*: maybe stored. Re-sent (default) or assumed delivered;
+  * everything else     -> never reached the API, read again.
+No other range is ever sent twice. All SQLite work runs on one dedicated thread so that an
+fsync never stalls the event loop; one process owns a state dir at a time (flock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from backfill.batching import Plan
+from backfill.errors import InputChanged, StateLocked, UsageError
+from backfill.sources import Fingerprint
+
+T = TypeVar("T")
+DB_NAME = "checkpoint.sqlite"
+LOCK_NAME = "lock"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, head TEXT NOT NULL, tail TEXT NOT NULL,
+    lines INTEGER,                 -- set when the reader reached the end of the file
+    warning TEXT
+);
+CREATE TABLE IF NOT EXISTS batches (
+    file_id INTEGER NOT NULL, start_line INTEGER NOT NULL, end_line INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL, end_offset INTEGER NOT NULL,
+    state TEXT NOT NULL,           -- inflight | acked | skipped (ambiguous, assumed delivered)
+    records INTEGER NOT NULL, invalid INTEGER NOT NULL, filtered INTEGER NOT NULL,
+    accepted INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (file_id, start_line)
+);
+CREATE TABLE IF NOT EXISTS ambiguous (
+    file_id INTEGER NOT NULL, start_line INTEGER NOT NULL, end_line INTEGER NOT NULL,
+    records INTEGER NOT NULL, leg INTEGER NOT NULL, resolution TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS legs (
+    id INTEGER PRIMARY KEY, started REAL NOT NULL, last_seen REAL NOT NULL,
+    exit_code INTEGER, error TEXT
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    start: int
+    end: int
+    end_offset: int
+
+
+@dataclass(slots=True)
+class FileState:
+    """One input file as the checkpoint knows it, and where reading must start."""
+
+    id: int
+    path: Path
+    lines: int | None  # known once the reader has seen its end
+    start_line: int = 0
+    start_offset: int = 0
+    plan: Plan = field(default_factory=Plan)
+
+    @property
+    def done(self) -> bool:
+        return self.lines is not None and self.start_line >= self.lines
+
+
+@dataclass(frozen=True, slots=True)
+class AmbiguousRange:
+    source: str
+    file_id: int
+    start_line: int  # 0-based
+    end_line: int
+    records: int
+
+
+@dataclass(slots=True)
+class Totals:
+    """The whole load so far, every leg included (from acknowledged batches)."""
+
+    records_valid: int = 0
+    records_invalid: int = 0
+    records_filtered: int = 0
+    records_accepted: int = 0
+    records_rejected_by_server: int = 0
+    records_assumed_delivered: int = 0
+    requests: int = 0
+    retries: int = 0
+    possibly_duplicated: int = 0
+    duration_s: float = 0.0
+    legs: int = 0
+    files_total: int = 0
+    files_done: int = 0
+    batches_acked: int = 0
+
+    @property
+    def records_read(self) -> int:
+        return self.records_valid + self.records_invalid + self.records_filtered
+
+
+class Checkpoint:
+    """Async facade; every method's SQL runs on the checkpoint thread."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self.leg = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, state_dir: Path) -> Checkpoint:
+        cp = cls(state_dir)
+        cp._lock()
+        await cp._call(cp._connect)
+        return cp
+
+    def _lock(self) -> None:
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateLocked(
+                f"state dir {self.state_dir} is in use by another backfill process (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _connect(self) -> None:
+        path = self.state_dir / DB_NAME
+        if not path.exists():
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(str(path) + suffix, 0o600)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._call(self._db.close)
+            self._db = None
+        self._pool.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run on the checkpoint thread. Shielded: once submitted, a write always lands."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.shield(loop.run_in_executor(self._pool, fn, *args))
+
+    def _tx(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
+        db = self._require()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                db.execute(sql, params)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _require(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("checkpoint is closed")
+        return self._db
+
+    # -- run setup -----------------------------------------------------------------------
+
+    async def start_leg(self, settings_fp: dict[str, Any], command: str) -> dict[str, Any] | None:
+        """Records this leg; returns the previous settings fingerprint (None on a new run)."""
+        return await self._call(self._start_leg, settings_fp, command)
+
+    def _start_leg(self, settings_fp: dict[str, Any], command: str) -> dict[str, Any] | None:
+        db = self._require()
+        row = db.execute("SELECT value FROM meta WHERE key='settings'").fetchone()
+        previous = json.loads(row[0]) if row else None
+        if previous is not None and previous.get("kind") != settings_fp.get("kind"):
+            raise UsageError(
+                f"state dir {self.state_dir} holds a {previous.get('kind')} load; this run is "
+                f"{settings_fp.get('kind')}: use another --state-dir or --restart"
+            )
+        now = time.time()
+        cur = db.execute("INSERT INTO legs (started, last_seen) VALUES (?, ?)", (now, now))
+        self.leg = int(cur.lastrowid or 0)
+        meta = {"settings": json.dumps(settings_fp, sort_keys=True), "command": command}
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+        return previous
+
+    async def register_files(
+        self, files: list[tuple[Path, Fingerprint]], force: bool
+    ) -> list[FileState]:
+        return await self._call(self._register_files, files, force)
+
+    def _register_files(
+        self, files: list[tuple[Path, Fingerprint]], force: bool
+    ) -> list[FileState]:
+        db = self._require()
+        known = {
+            row[1]: row
+            for row in db.execute("SELECT id, path, size, mtime_ns, head, tail, lines FROM files")
+        }
+        states: list[FileState] = []
+        for path, fp in files:
+            key = str(path.resolve())
+            row = known.get(key)
+            if row is not None and (row[2], row[3], row[4], row[5]) != (
+                fp.size,
+                fp.mtime_ns,
+                fp.head,
+                fp.tail,
+            ):
+                if not force:
+                    raise InputChanged(
+                        f"input file {path} changed since the checkpoint was written "
+                        f"(size {row[2]} -> {fp.size}); resuming could skip or repeat records. "
+                        "Restore the file, use --restart, or --force to resume anyway"
+                    )
+                db.execute(
+                    "UPDATE files SET size=?, mtime_ns=?, head=?, tail=?, lines=NULL WHERE id=?",
+                    (fp.size, fp.mtime_ns, fp.head, fp.tail, row[0]),
+                )
+                row = (row[0], *row[1:6], None)
+            if row is None:
+                cur = db.execute(
+                    "INSERT INTO files (path, size, mtime_ns, head, tail) VALUES (?, ?, ?, ?, ?)",
+                    (key, fp.size, fp.mtime_ns, fp.head, fp.tail),
+                )
+                row = (int(cur.lastrowid or 0), key, fp.size, fp.mtime_ns, fp.head, fp.tail, None)
+            states.append(FileState(int(row[0]), path, row[6]))
+        return states
+
+    async def take_ambiguous(self, mode: str, sources: dict[int, str]) -> list[AmbiguousRange]:
+        """Turns the batches in flight at the last stop into ambiguous ranges, resolved per mode.
+
+        resend: the inflight rows are deleted (so those lines are read and sent again, as
+        batches of their own) and their records counted as possibly duplicated.
+        skip: the rows become `skipped`, i.e. treated as delivered (at most once).
+        """
+        return await self._call(self._take_ambiguous, mode, sources)
+
+    def _take_ambiguous(self, mode: str, sources: dict[int, str]) -> list[AmbiguousRange]:
+        db = self._require()
+        rows = db.execute(
+            "SELECT file_id, start_line, end_line, records FROM batches WHERE state='inflight'"
+        ).fetchall()
+        found = [AmbiguousRange(sources.get(r[0], f"file #{r[0]}"), *r) for r in rows]
+        resolution = "resent" if mode == "resend" else "skipped"
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                "INSERT INTO ambiguous VALUES (?, ?, ?, ?, ?, ?)",
+                (a.file_id, a.start_line, a.end_line, a.records, self.leg, resolution),
+            )
+            for a in found
+        ]
+        if mode == "resend":
+            statements.append(("DELETE FROM batches WHERE state='inflight'", ()))
+        else:
+            statements.append(("UPDATE batches SET state='skipped' WHERE state='inflight'", ()))
+        self._tx(statements)
+        return found
+
+    async def plan_files(self, files: list[FileState], cuts: list[AmbiguousRange]) -> None:
+        """Fills each file's start position and skip plan from the acknowledged ranges."""
+        await self._call(self._plan_files, files, cuts)
+
+    def _plan_files(self, files: list[FileState], cuts: list[AmbiguousRange]) -> None:
+        db = self._require()
+        for f in files:
+            rows = db.execute(
+                "SELECT start_line, end_line, end_offset FROM batches "
+                "WHERE file_id=? AND state IN ('acked', 'skipped') ORDER BY start_line",
+                (f.id,),
+            ).fetchall()
+            ranges = [Range(*r) for r in rows]
+            while ranges and ranges[0].start == f.start_line:
+                f.start_line, f.start_offset = ranges[0].end, ranges[0].end_offset
+                ranges.pop(0)
+            boundaries = {c.start_line for c in cuts if c.file_id == f.id}
+            boundaries |= {c.end_line for c in cuts if c.file_id == f.id}
+            f.plan = Plan(tuple((r.start, r.end) for r in ranges), frozenset(boundaries))
+
+    # -- per batch -----------------------------------------------------------------------
+
+    async def mark_inflight(
+        self, key: tuple[int, int], span: tuple[int, int, int], counts: tuple[int, int, int]
+    ) -> None:
+        """Before sending. key (file_id, start_line); span (end_line, start_offset,
+        end_offset); counts (records, invalid, filtered)."""
+        await self._call(
+            self._tx,
+            [
+                (
+                    "INSERT OR REPLACE INTO batches (file_id, start_line, end_line, "
+                    "start_offset, end_offset, state, records, invalid, filtered) "
+                    "VALUES (?, ?, ?, ?, ?, 'inflight', ?, ?, ?)",
+                    (*key, *span, *counts),
+                )
+            ],
+        )
+
+    async def mark_acked(
+        self,
+        key: tuple[int, int],
+        span: tuple[int, int, int],
+        counts: tuple[int, int, int],
+        outcome: tuple[int, int, int, int],
+    ) -> None:
+        """After the answer: outcome is (accepted, rejected, requests, retries)."""
+        await self._call(
+            self._tx,
+            [
+                (
+                    "INSERT OR REPLACE INTO batches "
+                    "VALUES (?, ?, ?, ?, ?, 'acked', ?, ?, ?, ?, ?, ?, ?)",
+                    (*key, *span, *counts, *outcome),
+                ),
+                ("UPDATE legs SET last_seen=? WHERE id=?", (time.time(), self.leg)),
+            ],
+        )
+
+    async def mark_file_read(self, file_id: int, lines: int, warning: str | None) -> None:
+        await self._call(
+            self._tx,
+            [("UPDATE files SET lines=?, warning=? WHERE id=?", (lines, warning, file_id))],
+        )
+
+    async def end_leg(self, exit_code: int, error: str | None) -> None:
+        await self._call(
+            self._tx,
+            [
+                (
+                    "UPDATE legs SET last_seen=?, exit_code=?, error=? WHERE id=?",
+                    (time.time(), exit_code, error, self.leg),
+                )
+            ],
+        )
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def totals(self) -> Totals:
+        return await self._call(read_totals, self._require())
+
+    async def ambiguous_ranges(self) -> list[dict[str, Any]]:
+        return await self._call(read_ambiguous, self._require())
+
+
+def read_totals(db: sqlite3.Connection) -> Totals:
+    t = Totals()
+    row = db.execute(
+        "SELECT COALESCE(SUM(records),0), COALESCE(SUM(invalid),0), COALESCE(SUM(filtered),0), "
+        "COALESCE(SUM(accepted),0), COALESCE(SUM(rejected),0), COALESCE(SUM(requests),0), "
+        "COALESCE(SUM(retries),0), COUNT(*) FROM batches WHERE state='acked'"
+    ).fetchone()
+    (
+        t.records_valid,
+        t.records_invalid,
+        t.records_filtered,
+        t.records_accepted,
+        t.records_rejected_by_server,
+        t.requests,
+        t.retries,
+        t.batches_acked,
+    ) = row
+    row = db.execute(
+        "SELECT COALESCE(SUM(records),0), COALESCE(SUM(invalid),0), COALESCE(SUM(filtered),0) "
+        "FROM batches WHERE state='skipped'"
+    ).fetchone()
+    t.records_assumed_delivered = row[0]
+    t.records_valid += row[0]
+    t.records_invalid += row[1]
+    t.records_filtered += row[2]
+    t.possibly_duplicated = db.execute(
+        "SELECT COALESCE(SUM(records),0) FROM ambiguous WHERE resolution='resent'"
+    ).fetchone()[0]
+    row = db.execute("SELECT COALESCE(SUM(last_seen - started),0), COUNT(*) FROM legs").fetchone()
+    t.duration_s, t.legs = float(row[0]), int(row[1])
+    t.files_total = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+    return t
+
+
+def read_ambiguous(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = db.execute(
+        "SELECT f.path, a.start_line, a.end_line, a.records, a.leg, a.resolution "
+        "FROM ambiguous a JOIN files f ON f.id = a.file_id ORDER BY a.leg, f.path, a.start_line"
+    ).fetchall()
+    return [
+        {
+            "source": r[0],
+            "first_line": r[1] + 1,
+            "last_line": r[2],
+            "records": r[3],
+            "leg": r[4],
+            "resolution": r[5],
+        }
+        for r in rows
+    ]
+
+
+def open_readonly(state_dir: Path) -> sqlite3.Connection:
+    path = state_dir / DB_NAME
+    if not path.exists():
+        raise UsageError(f"no checkpoint in {state_dir} (expected {path})")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)

@@ -1,0 +1,202 @@
+"""The `backfill` command line: argv -> typed Settings -> engine; errors -> exit codes.
+
+Exit codes: 0 done; 2 usage or configuration error; 3 stopped on an error that needs the
+user (auth, retries exhausted, too many invalid records), resumable; 130/143 interrupted by
+SIGINT/SIGTERM, resumable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from backfill import __version__
+from backfill.config import Settings, load_secret, load_settings
+from backfill.engine import Engine
+from backfill.errors import EXIT_SIGINT, BackfillError, UsageError
+from backfill.progress import render_report, write_report
+from backfill.state import reset_state, status_text
+
+
+def _flag(group: argparse._ActionsContainer, name: str, help: str) -> None:
+    """A switch that stays None when absent, so a TOML value is not overridden."""
+    group.add_argument(name, action="store_const", const=True, default=None, help=help)
+
+
+def _when(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 date-time such as 2026-06-01T00:00:00Z, got {text!r}"
+        ) from None
+
+
+def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="load interaction (or product/user) logs into the Miso API",
+        description="Load log files into the Miso API; rerun the same command to resume.",
+    )
+    p.add_argument("inputs", nargs="*", help="files, directories or globs (sorted path order)")
+    p.add_argument("--config", help="TOML file with the same settings; flags override it")
+    p.add_argument("--kind", choices=["interactions", "products", "users"])
+    p.add_argument("--endpoint", help="API base URL (default https://api.askmiso.com)")
+    p.add_argument("--state-dir", help="checkpoint, dead letters and lock (default .backfill)")
+    p.add_argument("--dead-letter", help="dead-letter file (default <state-dir>/dead-letter.jsonl)")
+    p.add_argument("--report", help="also write the final report as JSON to this file")
+    g = p.add_argument_group("batching and sending")
+    g.add_argument("--batch-size", type=int, help="records per request (default 10000)")
+    g.add_argument("--max-batch-bytes", type=int, help="bytes per request body (default 5 MiB)")
+    g.add_argument("--max-line-bytes", type=int, help="longer input lines are dead-lettered")
+    g.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
+    g.add_argument("--request-timeout", type=float, help="seconds for a whole request")
+    g.add_argument("--connect-timeout", type=float, help="seconds to connect")
+    _flag(g, "--key-in-query", help="send the key as ?api_key= instead of X-API-KEY")
+    g.add_argument("--api-key-file", help="read the key from this file instead of $MISO_API_KEY")
+    _flag(g, "--server-dry-run", help="send dry_run=1: the API validates, stores nothing")
+    _flag(g, "--dry-run", help="read, validate and batch, but send nothing")
+    g.add_argument("--max-attempts", type=int, help="attempts per request before giving up")
+    g.add_argument("--max-retry-seconds", type=float, help="time budget of one request's retries")
+    v = p.add_argument_group("validation")
+    _flag(v, "--allow-missing-timestamp", help="accept records without a timestamp")
+    _flag(v, "--allow-anonymous", help="accept records without user_id/anonymous_id")
+    v.add_argument("--since", type=_when, help="skip records before this time (inclusive)")
+    v.add_argument("--until", type=_when, help="skip records from this time on (exclusive)")
+    v.add_argument("--max-invalid-ratio", type=float, help="stop if more of the first 10k are bad")
+    r = p.add_argument_group("resume and shutdown")
+    r.add_argument("--ambiguous", choices=["resend", "skip"], help="batches in flight at a crash")
+    r.add_argument("--drain-timeout", type=float, help="seconds to finish requests on a signal")
+    _flag(r, "--restart", help="discard the checkpoint and start over")
+    _flag(r, "--yes", help="do not ask for confirmation")
+    _flag(r, "--force", help="resume even though an input file changed")
+    p.add_argument("--progress", choices=["auto", "bar", "log", "off"])
+    p.add_argument("--progress-interval", type=float, help="seconds between progress updates")
+    p.set_defaults(func=cmd_run)
+
+
+RUN_ONLY = {"config", "func", "command", "verbose"}
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if k not in RUN_ONLY}
+    if not overrides.get("inputs"):
+        overrides.pop("inputs", None)
+    return load_settings(args.config, overrides)
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    kept = [a for a in argv if a not in ("--restart", "--yes")]
+    return shlex.join(["backfill", *kept])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if not settings.inputs:
+        raise UsageError("no inputs: give files, directories or globs (or `inputs` in --config)")
+    if settings.dry_run:
+        settings.state_dir = str(Path(settings.state_dir) / "dry-run")
+        reset_state(settings)
+    elif settings.restart:
+        _confirm_restart(settings)
+        reset_state(settings)
+    secret = load_secret(settings)
+    engine = Engine(settings, secret, command=resume_command(args.argv))
+    report = _run_async(engine.run())
+    print(render_report(report))
+    if settings.report:
+        write_report(settings.report, report)
+    return int(report["exit_code"])
+
+
+def _confirm_restart(settings: Settings) -> None:
+    if settings.yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "--restart discards the checkpoint in " + settings.state_dir + "; add --yes"
+        )
+    answer = input(f"discard the checkpoint in {settings.state_dir} and start over? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise UsageError("not restarted")
+
+
+def _run_async(coro: Any) -> Any:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="what a checkpoint holds, and how to continue")
+    p.add_argument("--state-dir", default=".backfill")
+    p.set_defaults(func=lambda args: _print(status_text(Path(args.state_dir))))
+
+
+def _print(text: str) -> int:
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backfill",
+        description="Resumable, high-throughput historical backfill for the Miso Data API.",
+        epilog="exit codes: 0 done, 2 usage error, 3 stopped (needs you; resumable), "
+        "130/143 interrupted (resumable)",
+    )
+    parser.add_argument("--version", action="version", version=f"backfill {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log retries and details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_run_parser(sub)
+    add_status_parser(sub)
+    for register in _feature_parsers():
+        register(sub)
+    return parser
+
+
+def _feature_parsers() -> list[Any]:
+    """Subcommands owned by their feature modules (server, generator, ...)."""
+    registers: list[Any] = []
+    from backfill.server.command import add_parsers as add_server_parsers
+
+    registers.append(add_server_parsers)
+    from backfill.generate import add_parser as add_generate_parser
+
+    registers.append(add_generate_parser)
+    return registers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except BackfillError as exc:
+        print(f"backfill: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("backfill: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

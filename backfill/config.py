@@ -1,0 +1,189 @@
+"""Typed settings, decoded and validated once at the edge (CLI flags over a TOML file).
+
+Deeper code receives a `Settings` and never reads the environment or argv. The API key is
+not a setting: it travels separately as a `Secret` so that no repr, report or checkpoint of
+the settings can ever contain it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from backfill.errors import UsageError
+from backfill.schema import Kind, Rules
+
+DEFAULT_ENDPOINT = "https://api.askmiso.com"
+DEFAULT_BATCH_SIZE: dict[str, int] = {"interactions": 10_000, "products": 100, "users": 100}
+MiB = 1024 * 1024
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Everything a run needs except the API key. Field names are the flag names."""
+
+    inputs: list[str] = []
+    kind: Kind = "interactions"
+    endpoint: str = DEFAULT_ENDPOINT
+    state_dir: str = ".backfill"
+    dead_letter: str | None = None  # default: <state_dir>/dead-letter.jsonl
+    report: str | None = None
+    # batching
+    batch_size: int | None = None  # default per kind, see DEFAULT_BATCH_SIZE
+    max_batch_bytes: int = 5 * MiB
+    max_line_bytes: int = 1 * MiB
+    # sending
+    concurrency: int = 8
+    request_timeout: float = 60.0
+    connect_timeout: float = 10.0
+    key_in_query: bool = False
+    server_dry_run: bool = False
+    dry_run: bool = False
+    # retries
+    max_attempts: int = 10
+    max_retry_seconds: float = 600.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    # validation
+    allow_missing_timestamp: bool = False
+    allow_anonymous: bool = False
+    since: datetime | None = None
+    until: datetime | None = None
+    max_invalid_ratio: float = 0.5
+    invalid_ratio_window: int = 10_000
+    # resume and shutdown
+    ambiguous: Literal["resend", "skip"] = "resend"
+    drain_timeout: float = 30.0
+    restart: bool = False
+    yes: bool = False
+    force: bool = False
+    # progress
+    progress: Literal["auto", "bar", "log", "off"] = "auto"
+    progress_interval: float = 0.0  # 0 = 1 s on a terminal, 10 s in a log
+    # where the key comes from (never the key itself)
+    api_key_env: str = "MISO_API_KEY"
+    api_key_file: str | None = None
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size or DEFAULT_BATCH_SIZE[self.kind]
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return (
+            Path(self.dead_letter)
+            if self.dead_letter
+            else Path(self.state_dir) / "dead-letter.jsonl"
+        )
+
+    @property
+    def rules(self) -> Rules:
+        return Rules(
+            require_timestamp=not self.allow_missing_timestamp,
+            require_identity=not self.allow_anonymous,
+            since=self.since,
+            until=self.until,
+        )
+
+    def check(self) -> None:
+        """Cross-field checks msgspec cannot express; raises UsageError."""
+        positive = {
+            "concurrency": self.concurrency,
+            "max_batch_bytes": self.max_batch_bytes,
+            "max_line_bytes": self.max_line_bytes,
+            "max_attempts": self.max_attempts,
+            "effective batch_size": self.effective_batch_size,
+            "request_timeout": self.request_timeout,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise UsageError(f"{name} must be positive, got {value}")
+        if not 0.0 <= self.max_invalid_ratio <= 1.0:
+            raise UsageError(
+                f"max_invalid_ratio must be between 0 and 1, got {self.max_invalid_ratio}"
+            )
+        for name, moment in (("since", self.since), ("until", self.until)):
+            if moment is not None and moment.tzinfo is None:
+                raise UsageError(f"--{name} needs a time zone, e.g. 2026-06-01T00:00:00Z")
+        if self.since and self.until and self.since >= self.until:
+            raise UsageError("--since must be earlier than --until")
+        if not self.endpoint.startswith(("http://", "https://")):
+            raise UsageError(f"--endpoint must be an http(s) URL, got {self.endpoint!r}")
+
+
+def load_settings(config_file: str | None, overrides: dict[str, Any]) -> Settings:
+    """Settings from an optional TOML file, then flags (non-None overrides) on top."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(_read_toml(config_file))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = msgspec.convert(values, Settings, str_keys=True)
+    except msgspec.ValidationError as exc:
+        where = f"{config_file}: " if config_file else ""
+        raise UsageError(f"{where}{_plain_path(str(exc))}") from None
+    settings.check()
+    return settings
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    # A [run] table is accepted so a file can later hold other tables (mapping, server).
+    run = data.pop("run", {})
+    flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    flat.update(run)
+    return {k.replace("-", "_"): v for k, v in flat.items()}
+
+
+def _plain_path(message: str) -> str:
+    """msgspec says "... - at `$.batch_size`"; users think in setting names."""
+    head, sep, path = message.partition(" - at `$.")
+    return f"{path.rstrip('`')}: {head}" if sep else message
+
+
+class Secret:
+    """The API key. Its repr and str never reveal it; only `reveal()` does, at the wire."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._value, "***") if self._value else text
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+def load_secret(settings: Settings, environ: dict[str, str] | None = None) -> Secret:
+    """The key from a file (first line) or the environment; never from a flag or the config."""
+    env = os.environ if environ is None else environ
+    if settings.api_key_file:
+        try:
+            key = Path(settings.api_key_file).read_text(encoding="utf-8").strip().splitlines()[0]
+        except (OSError, IndexError):
+            raise UsageError(f"cannot read an API key from {settings.api_key_file}") from None
+        return Secret(key.strip())
+    key = env.get(settings.api_key_env, "").strip()
+    if not key and not settings.dry_run:
+        raise UsageError(
+            f"no API key: set the environment variable {settings.api_key_env} "
+            "(or --api-key-file PATH) to your Miso secret key"
+        )
+    return Secret(key)

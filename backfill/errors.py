@@ -1,0 +1,61 @@
+"""The one exception tree of backfill; each class knows the exit code it ends a run with.
+
+BackfillError                 any failure we expect and can explain (no traceback shown)
+├── UsageError                bad flags, config or inputs                        exit 2
+│   └── InputChanged          a resumed input file differs from the checkpoint   exit 2
+├── StateLocked               another process holds the state dir                exit 2
+└── NeedsUser                 stopped; resumable once the user acts              exit 3
+    ├── AuthRefused           401: the API key was refused
+    ├── KeyForbidden          403: a publishable key cannot upload from a server
+    ├── ServerRefused         an answer no retry can fix (404, 400, ...)
+    ├── RetriesExhausted      429/5xx/timeouts outlasted the retry budget
+    └── TooManyInvalid        the input plainly has the wrong shape
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_NEEDS_USER = 3
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class BackfillError(Exception):
+    exit_code = EXIT_NEEDS_USER
+
+
+class UsageError(BackfillError):
+    exit_code = EXIT_USAGE
+
+
+class InputChanged(UsageError):
+    pass
+
+
+class StateLocked(BackfillError):
+    exit_code = EXIT_USAGE
+
+
+class NeedsUser(BackfillError):
+    exit_code = EXIT_NEEDS_USER
+
+
+class AuthRefused(NeedsUser):
+    pass
+
+
+class KeyForbidden(NeedsUser):
+    pass
+
+
+class ServerRefused(NeedsUser):
+    pass
+
+
+class RetriesExhausted(NeedsUser):
+    pass
+
+
+class TooManyInvalid(NeedsUser):
+    pass

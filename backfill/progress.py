@@ -1,0 +1,124 @@
+"""What the user sees: a live line on a terminal (a log line elsewhere) and the final report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import msgspec
+
+
+@dataclass(slots=True)
+class LegStats:
+    """Counters of this leg, updated by the engine (no per-record work: per block or batch)."""
+
+    bytes_total: int = 0  # input bytes (as stored) of every file of the run
+    bytes_done: int = 0  # of which already acknowledged before this leg or read in it
+    records_read: int = 0
+    records_invalid: int = 0
+    records_accepted: int = 0
+    records_rejected: int = 0
+    requests: int = 0
+    retries: int = 0
+    in_flight: int = 0
+    started: float = 0.0
+
+
+def _rate(n: float, seconds: float) -> float:
+    return n / seconds if seconds > 0 else 0.0
+
+
+def _eta(stats: LegStats, elapsed: float, bytes_at_start: int) -> str:
+    done = stats.bytes_done - bytes_at_start
+    left = stats.bytes_total - stats.bytes_done
+    if done <= 0 or elapsed <= 0:
+        return "--:--"
+    seconds = int(left / (done / elapsed))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Progress:
+    """Renders LegStats every `interval` seconds: `\\r`-updated on a TTY, plain lines otherwise."""
+
+    def __init__(
+        self, stats: LegStats, mode: str, interval: float, out: TextIO = sys.stderr
+    ) -> None:
+        tty = out.isatty()
+        self.mode = ("bar" if tty else "log") if mode == "auto" else mode
+        self.interval = interval or (1.0 if self.mode == "bar" else 10.0)
+        self.stats, self.out = stats, out
+        self._bytes_at_start = stats.bytes_done
+
+    def line(self) -> str:
+        s = self.stats
+        elapsed = time.monotonic() - s.started
+        share = 100.0 * s.bytes_done / s.bytes_total if s.bytes_total else 100.0
+        mb = (s.bytes_done - self._bytes_at_start) / 1e6
+        return (
+            f"{share:5.1f}% | {s.records_accepted:,} accepted | "
+            f"{_rate(s.records_read, elapsed):,.0f} rec/s | {_rate(mb, elapsed):.1f} MB/s | "
+            f"ETA {_eta(s, elapsed, self._bytes_at_start)} | in flight {s.in_flight} | "
+            f"retries {s.retries} | rejected {s.records_invalid + s.records_rejected}"
+        )
+
+    def show(self) -> None:
+        if self.mode == "off":
+            return
+        if self.mode == "bar":
+            self.out.write("\r\x1b[2K" + self.line())
+        else:
+            self.out.write(f"progress: {self.line()}\n")
+        self.out.flush()
+
+    def done(self) -> None:
+        if self.mode == "bar":
+            self.out.write("\r\x1b[2K")
+            self.out.flush()
+
+
+REPORT_ROWS = [
+    ("records_read", "records read"),
+    ("records_valid", "valid"),
+    ("records_invalid", "invalid (dead-lettered)"),
+    ("records_filtered", "outside --since/--until"),
+    ("records_accepted", "accepted by the API"),
+    ("records_rejected_by_server", "rejected by the API (dead-lettered)"),
+    ("records_assumed_delivered", "ambiguous, assumed delivered"),
+    ("possibly_duplicated", "possibly duplicated (re-sent)"),
+    ("batches_sent", "requests sent"),
+    ("retries", "retries"),
+    ("duration_s", "duration (s, all legs)"),
+    ("records_per_s", "records/s (all legs)"),
+]
+
+
+def render_report(report: dict[str, Any]) -> str:
+    width = max(len(label) for _, label in REPORT_ROWS)
+    lines = [f"backfill {report['status']} (exit {report['exit_code']})"]
+    for key, label in REPORT_ROWS:
+        value = report.get(key, 0)
+        shown = f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
+        lines.append(f"  {label:<{width}}  {shown:>14}")
+    lines.append(f"  {'dead-letter file':<{width}}  {report['dead_letter']}")
+    for warning in report.get("warnings", []):
+        lines.append(f"  warning: {warning}")
+    if report.get("error"):
+        lines.append(f"  error: {report['error']}")
+    if report.get("resume_command"):
+        lines.append(f"  to resume: {report['resume_command']}")
+    return "\n".join(lines)
+
+
+def write_report(path: str, report: dict[str, Any]) -> None:
+    """Atomic: a reader never sees half a report."""
+    import os
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

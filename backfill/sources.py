@@ -1,0 +1,207 @@
+"""Finding input files and reading them as blocks of lines, never a whole file in memory.
+
+Files are read with aiofiles in 1 MiB chunks; gzip is detected by its magic bytes (not by
+name) and inflated incrementally, member after member. A block is a list of raw lines plus
+the position of its first line, so that every record keeps its origin (file, line) and the
+checkpoint can name exact line ranges and byte offsets (offsets count *uncompressed* bytes).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiofiles
+
+from backfill.errors import UsageError
+
+CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+BOM = b"\xef\xbb\xbf"
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz", ".gz")
+FINGERPRINT_BLOCK = 64 * 1024
+INFLATE_PIECE = 8 << 20  # bounds memory against a gzip bomb
+
+
+def discover(inputs: list[str]) -> list[Path]:
+    """Files, directories (recursively, data files only) and globs, in sorted path order."""
+    found: set[Path] = set()
+    for item in inputs:
+        if glob.has_magic(item):
+            matches = [Path(p) for p in glob.glob(item, recursive=True)]
+            files = [p for p in matches if p.is_file()]
+            if not files:
+                raise UsageError(f"no input file matches {item!r}")
+            found.update(files)
+        elif os.path.isdir(item):
+            found.update(
+                p for p in Path(item).rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES)
+            )
+        elif os.path.isfile(item):
+            found.add(Path(item))
+        else:
+            raise UsageError(f"input not found: {item}")
+    if not found:
+        raise UsageError("no input files (give files, directories or globs)")
+    return sorted(found, key=lambda p: str(p))
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """Enough to notice a file that changed between two legs of a run, cheaply."""
+
+    size: int
+    mtime_ns: int
+    head: str
+    tail: str
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    st = path.stat()
+    with open(path, "rb") as fh:
+        head = hashlib.sha256(fh.read(FINGERPRINT_BLOCK)).hexdigest()[:32]
+        fh.seek(max(0, st.st_size - FINGERPRINT_BLOCK))
+        tail = hashlib.sha256(fh.read(FINGERPRINT_BLOCK)).hexdigest()[:32]
+    return Fingerprint(st.st_size, st.st_mtime_ns, head, tail)
+
+
+@dataclass(slots=True)
+class Block:
+    """Consecutive lines of one file. `lines[i]` is line index `first + i` (0-based)."""
+
+    lines: list[bytes]
+    first: int
+    offset: int  # uncompressed byte offset of lines[0]
+    raw_bytes: int  # bytes of the file (as stored) consumed since the previous block
+    # Lines the reader itself could not deliver (too long, cut by a truncated gzip): their
+    # slot in `lines` is b"", and here is the reason and the true length, by line index.
+    problems: dict[int, tuple[str, int]] = field(default_factory=dict)
+    warning: str | None = None  # a problem of the file, not of a line
+
+    def end_offset(self, upto: int) -> int:
+        """Uncompressed offset where line index `upto` starts (`upto` within this block)."""
+        n = upto - self.first
+        size = sum(map(len, self.lines[:n])) + n
+        size += sum(length for i, (_, length) in self.problems.items() if i < upto)
+        return self.offset + size
+
+
+class _Inflater:
+    """Incremental gzip (multi-member) or pass-through decoding, with bounded output pieces."""
+
+    def __init__(self, gzipped: bool) -> None:
+        self.gzipped = gzipped
+        self._d = zlib.decompressobj(wbits=31)
+        self._fed = False
+        self.broken: str | None = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if not self.gzipped:
+            return [data]
+        out: list[bytes] = []
+        try:
+            while data and not self.broken:
+                self._fed = True
+                out.append(self._d.decompress(data, INFLATE_PIECE))
+                data = self._d.unconsumed_tail
+                if self._d.eof:
+                    data = self._d.unused_data
+                    self._d, self._fed = zlib.decompressobj(wbits=31), False
+                    if data and not data.startswith(GZIP_MAGIC):
+                        if data.strip(b"\0"):  # NUL padding after the last member is harmless
+                            self.broken = "unexpected bytes after the last gzip member"
+                        break
+        except zlib.error as exc:
+            self.broken = f"corrupt gzip data ({exc}); the rest of the file cannot be read"
+        return out
+
+    def finish(self) -> str | None:
+        """Why the stream ended badly, or None."""
+        if self.broken:
+            return self.broken
+        if self.gzipped and self._fed and not self._d.eof:
+            return "truncated gzip stream: the file ends in the middle of a compressed member"
+        return None
+
+
+async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, bytes, _Inflater]]:
+    """(raw bytes consumed, uncompressed piece, inflater) from `start_offset` on."""
+    async with aiofiles.open(path, "rb") as fh:
+        raw = await fh.read(CHUNK)
+        inflater = _Inflater(raw.startswith(GZIP_MAGIC))
+        skip = start_offset
+        if skip and not inflater.gzipped:
+            await fh.seek(start_offset)
+            yield start_offset, b"", inflater
+            raw, skip = await fh.read(CHUNK), 0
+        while raw:
+            consumed = len(raw)
+            for piece in inflater.feed(raw):
+                if skip:
+                    take = min(skip, len(piece))
+                    piece, skip = piece[take:], skip - take
+                yield consumed, piece, inflater
+                consumed = 0
+            if consumed:
+                yield consumed, b"", inflater
+            raw = await fh.read(CHUNK)
+        yield 0, b"", inflater  # lets the caller ask inflater.finish()
+
+
+async def read_blocks(
+    path: Path,
+    *,
+    start_offset: int = 0,
+    start_line: int = 0,
+    max_line_bytes: int = 1 << 20,
+) -> AsyncIterator[Block]:
+    """Yield the file's lines in blocks, from an uncompressed offset known to start a line.
+
+    Whatever goes wrong inside the file (truncation, corruption, an endless line) becomes a
+    per-line problem or a warning on the last block; it never raises, so the run goes on.
+    """
+    line_no, carry, carry_offset = start_line, b"", start_offset
+    long_line: int = 0  # > 0 while discarding an over-long line: the bytes seen so far
+    raw_pending = 0
+    inflater: _Inflater | None = None
+    problems: dict[int, tuple[str, int]] = {}
+    too_long = f"line longer than {max_line_bytes} bytes (--max-line-bytes)"
+    async for consumed, data, inflater in _pieces(path, start_offset):  # noqa: B007
+        raw_pending += consumed
+        if long_line:
+            cut = data.find(b"\n")
+            if cut < 0:
+                long_line += len(data)
+                continue
+            problems[line_no] = (too_long, long_line + cut)
+            carry, data, long_line = b"", data[cut:], 0
+            # the placeholder b"" line is completed by the newline at data[0]
+        if not data:
+            continue
+        chunk = carry + data if carry else data
+        lines = chunk.split(b"\n")
+        carry = lines.pop()
+        block = Block(lines, line_no, carry_offset, raw_pending, problems)
+        if line_no == 0 and carry_offset == 0 and lines[0].startswith(BOM):
+            lines[0] = lines[0][len(BOM) :]
+            block.offset = len(BOM)
+        carry_offset += len(chunk) - len(carry) + sum(n for _, n in problems.values())
+        line_no += len(lines)
+        raw_pending, problems = 0, {}
+        if len(carry) > max_line_bytes:
+            long_line, carry = len(carry), b""
+        yield block
+    failure = inflater.finish() if inflater else None
+    if long_line:
+        problems[line_no] = (too_long, long_line)
+        yield Block([b""], line_no, carry_offset, raw_pending, problems, failure)
+    elif carry and failure:
+        problems[line_no] = (f"{failure}; this last line is incomplete", len(carry))
+        yield Block([b""], line_no, carry_offset, raw_pending, problems, failure)
+    elif carry or failure or raw_pending:
+        yield Block([carry] if carry else [], line_no, carry_offset, raw_pending, {}, failure)
