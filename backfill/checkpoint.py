@@ -334,19 +334,29 @@ class Checkpoint:
         span: tuple[int, int, int],
         counts: tuple[int, int, int],
         outcome: tuple[int, int, int, int],
+        retried_ambiguous: int = 0,
     ) -> None:
-        """After the answer: outcome is (accepted, rejected, requests, retries)."""
-        await self._call(
-            self._tx,
-            [
+        """After the answer: outcome is (accepted, rejected, requests, retries).
+
+        `retried_ambiguous` > 0: an attempt was lost after it may have been stored and a
+        retry then succeeded, so that many records may be stored twice; the range is
+        recorded as ambiguous ("retried") for the report.
+        """
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, 'acked', ?, ?, ?, ?, ?, ?, ?)",
+                (*key, *span, *counts, *outcome),
+            ),
+            ("UPDATE legs SET last_seen=? WHERE id=?", (time.time(), self.leg)),
+        ]
+        if retried_ambiguous:
+            statements.append(
                 (
-                    "INSERT OR REPLACE INTO batches "
-                    "VALUES (?, ?, ?, ?, ?, 'acked', ?, ?, ?, ?, ?, ?, ?)",
-                    (*key, *span, *counts, *outcome),
-                ),
-                ("UPDATE legs SET last_seen=? WHERE id=?", (time.time(), self.leg)),
-            ],
-        )
+                    "INSERT INTO ambiguous VALUES (?, ?, ?, ?, ?, 'retried')",
+                    (*key, span[0], retried_ambiguous, self.leg),
+                )
+            )
+        await self._call(self._tx, statements)
 
     async def mark_file_read(self, file_id: int, lines: int, warning: str | None) -> None:
         await self._call(
@@ -400,7 +410,7 @@ def read_totals(db: sqlite3.Connection) -> Totals:
     t.records_invalid += row[1]
     t.records_filtered += row[2]
     t.possibly_duplicated = db.execute(
-        "SELECT COALESCE(SUM(records),0) FROM ambiguous WHERE resolution='resent'"
+        "SELECT COALESCE(SUM(records),0) FROM ambiguous WHERE resolution IN ('resent', 'retried')"
     ).fetchone()[0]
     row = db.execute("SELECT COALESCE(SUM(last_seen - started),0), COUNT(*) FROM legs").fetchone()
     t.duration_s, t.legs = float(row[0]), int(row[1])

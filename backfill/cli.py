@@ -67,6 +67,8 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     _flag(g, "--dry-run", help="read, validate and batch, but send nothing")
     g.add_argument("--max-attempts", type=int, help="attempts per request before giving up")
     g.add_argument("--max-retry-seconds", type=float, help="time budget of one request's retries")
+    g.add_argument("--backoff-initial", type=float, help="first backoff ceiling, seconds")
+    g.add_argument("--backoff-max", type=float, help="largest backoff ceiling, seconds")
     v = p.add_argument_group("validation")
     _flag(v, "--allow-missing-timestamp", help="accept records without a timestamp")
     _flag(v, "--allow-anonymous", help="accept records without user_id/anonymous_id")
@@ -84,7 +86,7 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.set_defaults(func=cmd_run)
 
 
-RUN_ONLY = {"config", "func", "command", "verbose"}
+RUN_ONLY = {"config", "func", "command", "verbose", "argv"}
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -7,7 +7,6 @@ at status codes itself.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
 from dataclasses import dataclass, field
@@ -45,8 +44,12 @@ class TooLarge:
 
 @dataclass(frozen=True, slots=True)
 class Retryable:
+    """Worth another attempt. `ambiguous`: the request may have been stored (the answer, not
+    the request, was lost), so a retry that succeeds may have stored it twice."""
+
     reason: str
     retry_after: float | None = None
+    ambiguous: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,18 +176,15 @@ class MisoClient:
                 payload = await resp.read()
                 return classify(resp.status, dict(resp.headers), payload)
         except TimeoutError:
-            return Retryable("request timed out")
-        except aiohttp.ClientError as exc:
-            return Retryable(self._secret.redact(f"connection error: {type(exc).__name__}: {exc}"))
-        except OSError as exc:
-            return Retryable(self._secret.redact(f"network error: {exc}"))
+            return Retryable("request timed out", ambiguous=True)
+        except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
+            return Retryable(self._secret.redact(f"cannot connect: {exc}"))
+        except (aiohttp.ClientError, OSError) as exc:
+            reason = f"connection lost: {type(exc).__name__}: {exc}"
+            return Retryable(self._secret.redact(reason), ambiguous=True)
 
     async def get_json(self, path: str) -> object:
         """A GET for the occasional read (task status, ids); raises on any failure."""
         url = self._url.rsplit("/v1/", 1)[0] + path
         async with self._session.get(url, headers=self._headers, params=self._params or None) as r:
             return msgspec.json.decode(await r.read())
-
-
-async def _sleep(seconds: float) -> None:
-    await asyncio.sleep(seconds)

@@ -57,6 +57,7 @@ class Delivery:
     rejected: list[Rejected] = field(default_factory=list)
     requests: int = 0
     retries: int = 0
+    ambiguous: int = 0  # attempts that failed after the request may have been stored
 
 
 class Engine:
@@ -108,7 +109,9 @@ class Engine:
         self._dlq = DeadLetterFile(self.s.dead_letter_path, self._suppressed(ambiguous))
         self._cp = cp
         self.stats.bytes_total = sum(fp.size for _, fp in prints)
-        self.stats.bytes_done = sum(fp.size for (_, fp), f in zip(prints, files, strict=True) if f.done)
+        self.stats.bytes_done = sum(
+            fp.size for (_, fp), f in zip(prints, files, strict=True) if f.done
+        )
         self.stats.started = time.monotonic()
         try:
             await self._pipeline(files)
@@ -341,9 +344,8 @@ class Engine:
         self._dlq.write(batch.source, d.rejected)
         if d.rejected or batch.invalid:
             self._dlq.sync()
-        await self._cp.mark_acked(
-            key, span, counts, (d.accepted, len(d.rejected), d.requests, d.retries)
-        )
+        outcome = (d.accepted, len(d.rejected), d.requests, d.retries)
+        await self._cp.mark_acked(key, span, counts, outcome, d.accepted * d.ambiguous)
         self.stats.records_accepted += d.accepted
         self.stats.records_rejected += len(d.rejected)
 
@@ -409,6 +411,7 @@ class Engine:
                     "resumable: rerun the same command when the API is reachable"
                 )
             d.retries += 1
+            d.ambiguous += answer.ambiguous
             self.stats.retries += 1
             log.info("retrying in %.1f s: %s", delay, answer.reason)
             await asyncio.sleep(delay)

@@ -167,6 +167,7 @@ async def read_blocks(
     """
     line_no, carry, carry_offset = start_line, b"", start_offset
     long_line: int = 0  # > 0 while discarding an over-long line: the bytes seen so far
+    discarded = 0  # bytes of that line that never reached a chunk
     raw_pending = 0
     inflater: _Inflater | None = None
     problems: dict[int, tuple[str, int]] = {}
@@ -178,7 +179,8 @@ async def read_blocks(
             if cut < 0:
                 long_line += len(data)
                 continue
-            problems[line_no] = (too_long, long_line + cut)
+            discarded = long_line + cut
+            problems[line_no] = (too_long, discarded)
             carry, data, long_line = b"", data[cut:], 0
             # the placeholder b"" line is completed by the newline at data[0]
         if not data:
@@ -186,13 +188,18 @@ async def read_blocks(
         chunk = carry + data if carry else data
         lines = chunk.split(b"\n")
         carry = lines.pop()
+        if lines and max(map(len, lines)) > max_line_bytes:
+            for i, text in enumerate(lines):
+                if len(text) > max_line_bytes:
+                    problems[line_no + i] = (too_long, len(text))
+                    lines[i] = b""
         block = Block(lines, line_no, carry_offset, raw_pending, problems)
-        if line_no == 0 and carry_offset == 0 and lines[0].startswith(BOM):
+        if line_no == 0 and carry_offset == 0 and lines and lines[0].startswith(BOM):
             lines[0] = lines[0][len(BOM) :]
             block.offset = len(BOM)
-        carry_offset += len(chunk) - len(carry) + sum(n for _, n in problems.values())
+        carry_offset += len(chunk) - len(carry) + discarded
         line_no += len(lines)
-        raw_pending, problems = 0, {}
+        raw_pending, problems, discarded = 0, {}, 0
         if len(carry) > max_line_bytes:
             long_line, carry = len(carry), b""
         yield block
