@@ -161,9 +161,13 @@ class BatchBuilder:
         for index in range(start, stop):
             line = lines[index - first]
             if len(line) < 2 and line.strip() == b"":
-                if index in block.problems:
-                    problem, _ = block.problems[index]
-                    batch.invalid.append(Rejected(index, problem, line))
+                problem = block.problems.get(index)
+                if problem is None:
+                    pass
+                elif problem.reason is None:
+                    batch.filtered += 1
+                else:
+                    batch.invalid.append(Rejected(index, problem.reason, problem.raw))
                 continue
             reason = check(line)
             if reason is None:

@@ -64,6 +64,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # progress
     progress: Literal["auto", "bar", "log", "off"] = "auto"
     progress_interval: float = 0.0  # 0 = 1 s on a terminal, 10 s in a log
+    # logs not in Miso's shape: the [mapping] table of the config file (see backfill.mapping)
+    mapping: dict[str, Any] | None = None
+    config_file: str | None = None  # where the settings came from, for error messages
     # where the key comes from (never the key itself)
     api_key_env: str = "MISO_API_KEY"
     api_key_file: str | None = None
@@ -120,6 +123,7 @@ def load_settings(config_file: str | None, overrides: dict[str, Any]) -> Setting
     values: dict[str, Any] = {}
     if config_file:
         values.update(_read_toml(config_file))
+        values["config_file"] = config_file
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         settings = msgspec.convert(values, Settings, str_keys=True)
@@ -138,9 +142,10 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise UsageError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    # A [run] table is accepted so a file can later hold other tables (mapping, server).
+    # Settings may sit at the top level or in a [run] table; [mapping] is kept whole, and
+    # other tables (e.g. [server] for `backfill serve`) are not the run's business.
     run = data.pop("run", {})
-    flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    flat = {k: v for k, v in data.items() if not isinstance(v, dict) or k == "mapping"}
     flat.update(run)
     return {k.replace("-", "_"): v for k, v in flat.items()}
 

@@ -39,6 +39,7 @@ from backfill.errors import (
     RetriesExhausted,
     TooManyInvalid,
 )
+from backfill.mapping import build_transform
 from backfill.progress import LegStats, Progress
 from backfill.retry import RetryPolicy
 from backfill.schema import RecordValidator
@@ -80,6 +81,7 @@ class Engine:
             settings.backoff_max,
         )
         self._validator = RecordValidator(settings.kind, settings.rules)
+        self._transform = build_transform(settings)
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=settings.concurrency)
         self._reader: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -267,12 +269,15 @@ class Engine:
             plan=f.plan,
         )
         lines = f.start_line
-        async for block in read_blocks(
+        blocks = read_blocks(
             f.path,
             start_offset=f.start_offset,
             start_line=f.start_line,
             max_line_bytes=self.s.max_line_bytes,
-        ):
+        )
+        if self._transform is not None:
+            blocks = self._transform.blocks(f.path, blocks)
+        async for block in blocks:
             self.stats.bytes_done += block.raw_bytes
             lines = block.first + len(block.lines)
             for batch in builder.feed(block):

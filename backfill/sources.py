@@ -14,6 +14,7 @@ import os
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 from pathlib import Path
 
 import aiofiles
@@ -25,6 +26,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 BOM = b"\xef\xbb\xbf"
 DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz", ".gz")
 FINGERPRINT_BLOCK = 64 * 1024
+PREVIEW = 64 * 1024  # bytes of an undeliverable line kept for its dead-letter entry
 INFLATE_PIECE = 8 << 20  # bounds memory against a gzip bomb
 
 
@@ -70,6 +72,18 @@ def fingerprint(path: Path) -> Fingerprint:
     return Fingerprint(st.st_size, st.st_mtime_ns, head, tail)
 
 
+class Problem(NamedTuple):
+    """A line the reader (or a mapping) could not deliver as a record.
+
+    `reason` None: dropped on purpose (a mapping's drop rule); counted as filtered, no
+    dead letter.
+    """
+
+    reason: str | None
+    length: int  # bytes of the line as stored (its slot in Block.lines holds b"")
+    raw: bytes = b""  # what to show in the dead-letter entry (possibly a prefix)
+
+
 @dataclass(slots=True)
 class Block:
     """Consecutive lines of one file. `lines[i]` is line index `first + i` (0-based)."""
@@ -79,16 +93,32 @@ class Block:
     offset: int  # uncompressed byte offset of lines[0]
     raw_bytes: int  # bytes of the file (as stored) consumed since the previous block
     # Lines the reader itself could not deliver (too long, cut by a truncated gzip): their
-    # slot in `lines` is b"", and here is the reason and the true length, by line index.
-    problems: dict[int, tuple[str, int]] = field(default_factory=dict)
+    # slot in `lines` is b"", and here is why, by line index.
+    problems: dict[int, Problem] = field(default_factory=dict)
     warning: str | None = None  # a problem of the file, not of a line
+    # Set by a transform that rewrote lines (mapping): each line's length as stored, which
+    # then replaces len(lines[i]) and the problems' lengths in offset arithmetic.
+    raw_lengths: list[int] | None = None
 
     def end_offset(self, upto: int) -> int:
         """Uncompressed offset where line index `upto` starts (`upto` within this block)."""
         n = upto - self.first
+        if self.raw_lengths is not None:
+            return self.offset + sum(self.raw_lengths[:n]) + n
         size = sum(map(len, self.lines[:n])) + n
-        size += sum(length for i, (_, length) in self.problems.items() if i < upto)
+        size += sum(p.length for i, p in self.problems.items() if i < upto)
         return self.offset + size
+
+
+class BlockTransform(Protocol):
+    """Rewrites a file's blocks between reading and validation (mapping other log shapes).
+
+    It must keep the unit of a block a physical line (a record spanning lines sits in its
+    first line's slot, the others are b""), set `raw_lengths` when it changes lines, and
+    report lines it cannot map, or drops on purpose, as `problems`.
+    """
+
+    def blocks(self, path: Path, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]: ...
 
 
 class _Inflater:
@@ -170,7 +200,8 @@ async def read_blocks(
     discarded = 0  # bytes of that line that never reached a chunk
     raw_pending = 0
     inflater: _Inflater | None = None
-    problems: dict[int, tuple[str, int]] = {}
+    problems: dict[int, Problem] = {}
+    head = b""  # the start of an over-long line being discarded, for its dead letter
     too_long = f"line longer than {max_line_bytes} bytes (--max-line-bytes)"
     async for consumed, data, inflater in _pieces(path, start_offset):  # noqa: B007
         raw_pending += consumed
@@ -180,7 +211,7 @@ async def read_blocks(
                 long_line += len(data)
                 continue
             discarded = long_line + cut
-            problems[line_no] = (too_long, discarded)
+            problems[line_no] = Problem(too_long, discarded, head)
             carry, data, long_line = b"", data[cut:], 0
             # the placeholder b"" line is completed by the newline at data[0]
         if not data:
@@ -191,7 +222,7 @@ async def read_blocks(
         if lines and max(map(len, lines)) > max_line_bytes:
             for i, text in enumerate(lines):
                 if len(text) > max_line_bytes:
-                    problems[line_no + i] = (too_long, len(text))
+                    problems[line_no + i] = Problem(too_long, len(text), text[:PREVIEW])
                     lines[i] = b""
         block = Block(lines, line_no, carry_offset, raw_pending, problems)
         if line_no == 0 and carry_offset == 0 and lines and lines[0].startswith(BOM):
@@ -201,14 +232,15 @@ async def read_blocks(
         line_no += len(lines)
         raw_pending, problems, discarded = 0, {}, 0
         if len(carry) > max_line_bytes:
-            long_line, carry = len(carry), b""
+            long_line, head, carry = len(carry), carry[:PREVIEW], b""
         yield block
     failure = inflater.finish() if inflater else None
     if long_line:
-        problems[line_no] = (too_long, long_line)
+        problems[line_no] = Problem(too_long, long_line, head)
         yield Block([b""], line_no, carry_offset, raw_pending, problems, failure)
     elif carry and failure:
-        problems[line_no] = (f"{failure}; this last line is incomplete", len(carry))
+        reason = f"{failure}; this last line is incomplete"
+        problems[line_no] = Problem(reason, len(carry), carry[:PREVIEW])
         yield Block([b""], line_no, carry_offset, raw_pending, problems, failure)
     elif carry or failure or raw_pending:
         yield Block([carry] if carry else [], line_no, carry_offset, raw_pending, {}, failure)
