@@ -8,6 +8,7 @@ checkpoint can name exact line ranges and byte offsets (offsets count *uncompres
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import hashlib
 import os
@@ -99,10 +100,13 @@ class Block:
     # Set by a transform that rewrote lines (mapping): each line's length as stored, which
     # then replaces len(lines[i]) and the problems' lengths in offset arithmetic.
     raw_lengths: list[int] | None = None
+    end: int | None = None  # offset just after the last line, when the reader knows it
 
     def end_offset(self, upto: int) -> int:
         """Uncompressed offset where line index `upto` starts (`upto` within this block)."""
         n = upto - self.first
+        if n == len(self.lines) and self.end is not None:
+            return self.end
         if self.raw_lengths is not None:
             return self.offset + sum(self.raw_lengths[:n]) + n
         size = sum(map(len, self.lines[:n])) + n
@@ -160,7 +164,13 @@ class _Inflater:
 
 
 async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, bytes, _Inflater]]:
-    """(raw bytes consumed, uncompressed piece, inflater) from `start_offset` on."""
+    """(raw bytes consumed, uncompressed piece, inflater) from `start_offset` on.
+
+    Inflating runs on a worker thread one chunk ahead (zlib releases the GIL), so it
+    overlaps the validation of the previous chunk on the event loop; chunks are fed in
+    order, never two at once.
+    """
+    loop = asyncio.get_running_loop()
     async with aiofiles.open(path, "rb") as fh:
         raw = await fh.read(CHUNK)
         inflater = _Inflater(raw.startswith(GZIP_MAGIC))
@@ -169,9 +179,13 @@ async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, byt
             await fh.seek(start_offset)
             yield start_offset, b"", inflater
             raw, skip = await fh.read(CHUNK), 0
-        while raw:
+        ahead = loop.run_in_executor(None, inflater.feed, raw) if raw else None
+        while ahead is not None:
             consumed = len(raw)
-            for piece in inflater.feed(raw):
+            pieces = await ahead
+            raw = await fh.read(CHUNK)
+            ahead = loop.run_in_executor(None, inflater.feed, raw) if raw else None
+            for piece in pieces:
                 if skip:
                     take = min(skip, len(piece))
                     piece, skip = piece[take:], skip - take
@@ -179,7 +193,6 @@ async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, byt
                 consumed = 0
             if consumed:
                 yield consumed, b"", inflater
-            raw = await fh.read(CHUNK)
         yield 0, b"", inflater  # lets the caller ask inflater.finish()
 
 
@@ -229,6 +242,7 @@ async def read_blocks(
             lines[0] = lines[0][len(BOM) :]
             block.offset = len(BOM)
         carry_offset += len(chunk) - len(carry) + discarded
+        block.end = carry_offset
         line_no += len(lines)
         raw_pending, problems, discarded = 0, {}, 0
         if len(carry) > max_line_bytes:
