@@ -48,7 +48,9 @@ def status_text(state_dir: Path) -> str:
     finally:
         db.close()
     done = sum(
-        1 for path, lines, _ in files if lines is not None and covered.get(ids[path], -1) >= lines
+        1
+        for path, lines, _ in files
+        if lines is not None and (lines == 0 or covered.get(ids[path], -1) >= lines)
     )
     settings = json.loads(meta.get("settings", "{}"))
     out = [
