@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backfill.cli import main
+from backfill.config import Settings, load_secret, load_settings
+from backfill.errors import UsageError
+
+CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    settings = load_settings(str(path), {})
+    assert settings.endpoint.startswith("http")
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('endpoint = "http://127.0.0.1:1"\nconcurrency = 3\n[run]\nbatch_size = 77\n')
+    s = load_settings(str(cfg), {"concurrency": 5, "endpoint": None})
+    assert (s.endpoint, s.concurrency, s.effective_batch_size) == ("http://127.0.0.1:1", 5, 77)
+
+
+def test_bad_settings_name_the_setting(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('concurrency = "many"\n')
+    with pytest.raises(UsageError, match=r"c.toml: concurrency: Expected `int`"):
+        load_settings(str(cfg), {})
+    cfg.write_text("concurency = 4\n")
+    with pytest.raises(UsageError, match="concurency"):
+        load_settings(str(cfg), {})
+    with pytest.raises(UsageError, match="max_invalid_ratio"):
+        load_settings(None, {"max_invalid_ratio": 2.0})
+
+
+def test_the_key_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    s = Settings()
+    assert load_secret(s, {"MISO_API_KEY": "abc"}).reveal() == "abc"
+    with pytest.raises(UsageError, match="MISO_API_KEY"):
+        load_secret(s, {})
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    secret = load_secret(Settings(api_key_file=str(key_file)), {})
+    assert secret.reveal() == "from-file" and "from-file" not in repr(secret) + str(secret)
+
+
+def test_usage_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MISO_API_KEY", raising=False)
+    assert main(["run", "x.jsonl", "--state-dir", str(tmp_path)]) == 2
+    assert "no API key" in capsys.readouterr().err
+    monkeypatch.setenv("MISO_API_KEY", "k")
+    assert main(["run", str(tmp_path / "missing.jsonl"), "--state-dir", str(tmp_path)]) == 2
+    assert "input not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--concurrency", "lots"])
+    assert exc.value.code == 2
