@@ -20,9 +20,10 @@ from typing import Any
 import uvloop
 
 from backfill import __version__
-from backfill.config import Settings, load_secret, load_settings
+from backfill.config import DEFAULT_ENDPOINT, Settings, load_secret, load_settings
 from backfill.engine import Engine
 from backfill.errors import EXIT_SIGINT, BackfillError, UsageError
+from backfill.maintenance import diff, read_ids, remote_ids
 from backfill.progress import render_report, write_report
 from backfill.state import reset_state, status_text
 
@@ -41,6 +42,24 @@ def _when(text: str) -> datetime:
         ) from None
 
 
+def _sending_args(g: argparse._ArgumentGroup) -> None:
+    """Flags shared by every command that sends batches (run, delete)."""
+    g.add_argument("--endpoint", help="API base URL (default https://api.askmiso.com)")
+    g.add_argument("--batch-size", type=int, help="records per request (10000; 100 for catalogs)")
+    g.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
+    g.add_argument("--request-timeout", type=float, help="seconds for a whole request")
+    g.add_argument("--connect-timeout", type=float, help="seconds to connect")
+    _flag(g, "--key-in-query", help="send the key as ?api_key= instead of X-API-KEY")
+    g.add_argument("--api-key-file", help="read the key from this file instead of $MISO_API_KEY")
+    g.add_argument("--max-attempts", type=int, help="attempts per request before giving up")
+    g.add_argument("--max-retry-seconds", type=float, help="time budget of one request's retries")
+    g.add_argument("--backoff-initial", type=float, help="first backoff ceiling, seconds")
+    g.add_argument("--backoff-max", type=float, help="largest backoff ceiling, seconds")
+    g.add_argument("--drain-timeout", type=float, help="seconds to finish requests on a signal")
+    g.add_argument("--progress", choices=["auto", "bar", "log", "off"])
+    g.add_argument("--progress-interval", type=float, help="seconds between progress updates")
+
+
 def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
@@ -50,25 +69,16 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("inputs", nargs="*", help="files, directories or globs (sorted path order)")
     p.add_argument("--config", help="TOML file with the same settings; flags override it")
     p.add_argument("--kind", choices=["interactions", "products", "users"])
-    p.add_argument("--endpoint", help="API base URL (default https://api.askmiso.com)")
     p.add_argument("--state-dir", help="checkpoint, dead letters and lock (default .backfill)")
     p.add_argument("--dead-letter", help="dead-letter file (default <state-dir>/dead-letter.jsonl)")
     p.add_argument("--report", help="also write the final report as JSON to this file")
-    g = p.add_argument_group("batching and sending")
-    g.add_argument("--batch-size", type=int, help="records per request (default 10000)")
+    _flag(p, "--wait-tasks", help="products/users: read each upload's task status for errors")
+    _sending_args(p.add_argument_group("batching and sending"))
+    g = p.add_argument_group("more sending")
     g.add_argument("--max-batch-bytes", type=int, help="bytes per request body (default 5 MiB)")
     g.add_argument("--max-line-bytes", type=int, help="longer input lines are dead-lettered")
-    g.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
-    g.add_argument("--request-timeout", type=float, help="seconds for a whole request")
-    g.add_argument("--connect-timeout", type=float, help="seconds to connect")
-    _flag(g, "--key-in-query", help="send the key as ?api_key= instead of X-API-KEY")
-    g.add_argument("--api-key-file", help="read the key from this file instead of $MISO_API_KEY")
     _flag(g, "--server-dry-run", help="send dry_run=1: the API validates, stores nothing")
     _flag(g, "--dry-run", help="read, validate and batch, but send nothing")
-    g.add_argument("--max-attempts", type=int, help="attempts per request before giving up")
-    g.add_argument("--max-retry-seconds", type=float, help="time budget of one request's retries")
-    g.add_argument("--backoff-initial", type=float, help="first backoff ceiling, seconds")
-    g.add_argument("--backoff-max", type=float, help="largest backoff ceiling, seconds")
     v = p.add_argument_group("validation")
     _flag(v, "--allow-missing-timestamp", help="accept records without a timestamp")
     _flag(v, "--allow-anonymous", help="accept records without user_id/anonymous_id")
@@ -77,16 +87,14 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     v.add_argument("--max-invalid-ratio", type=float, help="stop if more of the first 10k are bad")
     r = p.add_argument_group("resume and shutdown")
     r.add_argument("--ambiguous", choices=["resend", "skip"], help="batches in flight at a crash")
-    r.add_argument("--drain-timeout", type=float, help="seconds to finish requests on a signal")
     _flag(r, "--restart", help="discard the checkpoint and start over")
     _flag(r, "--yes", help="do not ask for confirmation")
     _flag(r, "--force", help="resume even though an input file changed")
-    p.add_argument("--progress", choices=["auto", "bar", "log", "off"])
-    p.add_argument("--progress-interval", type=float, help="seconds between progress updates")
     p.set_defaults(func=cmd_run)
 
 
 RUN_ONLY = {"config", "func", "command", "verbose", "argv"}
+DELETE_ONLY = RUN_ONLY | {"ids", "yes"}
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -137,6 +145,95 @@ def _run_async(coro: Any) -> Any:
         return runner.run(coro)
 
 
+def add_delete_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "delete",
+        help="delete products or users by id, or a user's interactions (resumable)",
+        description="Delete in batches through the API; checkpointed and resumable like a load.",
+    )
+    p.add_argument("kind", choices=["products", "users", "interactions"])
+    p.add_argument(
+        "--ids", "--user-ids", dest="ids", required=True, help="ids, one per line or JSON lines"
+    )
+    p.add_argument("--config", help="TOML file with endpoint and other settings")
+    p.add_argument("--state-dir", help="default <.backfill>/delete-<kind>")
+    p.add_argument("--report", help="also write the final report as JSON to this file")
+    _flag(p, "--dry-run", help="list what would be deleted; delete nothing")
+    _flag(p, "--yes", help="do not ask for confirmation")
+    _sending_args(p.add_argument_group("batching and sending"))
+    p.set_defaults(func=cmd_delete)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    dry_run = bool(args.dry_run)
+    overrides = {k: v for k, v in vars(args).items() if k not in DELETE_ONLY}
+    overrides.update(kind=args.kind, operation="delete", inputs=[args.ids], dry_run=None)
+    settings = load_settings(args.config, overrides)
+    if args.state_dir is None:
+        settings.state_dir = str(Path(settings.state_dir) / f"delete-{args.kind}")
+    ids, problems = _run_async(read_ids(Path(args.ids), args.kind))
+    for problem in problems:
+        print(f"not an id: {problem}", file=sys.stderr)
+    what = "user ids (all their interactions)" if args.kind == "interactions" else args.kind
+    if dry_run:
+        for value in ids:
+            print(value)
+        print(f"would delete {len(ids):,} {what} from {settings.endpoint}", file=sys.stderr)
+        return 0
+    if not args.yes:
+        _confirm(f"delete {len(ids):,} {what} from {settings.endpoint}?", "--yes")
+    secret = load_secret(settings)
+    engine = Engine(settings, secret, command=resume_command(args.argv))
+    return _finish(settings, _run_async(engine.run()))
+
+
+def add_diff_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("diff", help="compare the ids the API holds with a local catalog")
+    p.add_argument("kind", choices=["products", "users"])
+    p.add_argument("--ids-from", required=True, help="local catalog (JSON lines) or ids file")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    p.add_argument("--api-key-file")
+    p.add_argument("--write-deletes", help="write the ids only the API holds to this file")
+    p.add_argument("--write-missing", help="write the ids the API lacks to this file")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.set_defaults(func=cmd_diff)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Exit 0 when both sides hold the same ids, 1 when they differ (like diff(1))."""
+    settings = load_settings(None, {"endpoint": args.endpoint, "api_key_file": args.api_key_file})
+    secret = load_secret(settings)
+    local, problems = _run_async(read_ids(Path(args.ids_from), args.kind))
+    for problem in problems:
+        print(f"not an id: {problem}", file=sys.stderr)
+    remote = _run_async(remote_ids(settings.endpoint, args.kind, secret, args.timeout))
+    result = diff(local, remote)
+    for text in result.lines(args.kind):
+        print(text)
+    for path, ids in (
+        (args.write_deletes, result.only_remotely),
+        (args.write_missing, result.missing_remotely),
+    ):
+        if path:
+            Path(path).write_text("".join(f"{i}\n" for i in ids))
+            print(f"wrote {len(ids):,} ids to {path}")
+    return 1 if result.only_remotely or result.missing_remotely else 0
+
+
+def _confirm(question: str, flag: str) -> None:
+    if not sys.stdin.isatty():
+        raise UsageError(f"refusing without confirmation: add {flag}")
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise UsageError("cancelled")
+
+
+def _finish(settings: Settings, report: dict[str, Any]) -> int:
+    print(render_report(report))
+    if settings.report:
+        write_report(settings.report, report)
+    return int(report["exit_code"])
+
+
 def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="what a checkpoint holds, and how to continue")
     p.add_argument("--state-dir", default=".backfill")
@@ -160,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run_parser(sub)
     add_status_parser(sub)
+    add_delete_parser(sub)
+    add_diff_parser(sub)
     for register in _feature_parsers():
         register(sub)
     return parser

@@ -148,11 +148,14 @@ class MisoClient:
         path: str,
         secret: Secret,
         *,
+        method: str = "POST",
         key_in_query: bool = False,
         server_dry_run: bool = False,
     ) -> None:
         self._session = session
-        self._url = endpoint.rstrip("/") + path
+        self._method = method
+        self._base = endpoint.rstrip("/")
+        self._url = self._base + path
         self._secret = secret
         self._headers = {"Content-Type": "application/json"}
         self._params: dict[str, str] = {}
@@ -170,8 +173,12 @@ class MisoClient:
 
     async def post(self, body: bytes) -> Answer:
         try:
-            async with self._session.post(
-                self._url, data=body, headers=self._headers, params=self._params or None
+            async with self._session.request(
+                self._method,
+                self._url,
+                data=body,
+                headers=self._headers,
+                params=self._params or None,
             ) as resp:
                 payload = await resp.read()
                 return classify(resp.status, dict(resp.headers), payload)
@@ -183,8 +190,15 @@ class MisoClient:
             reason = f"connection lost: {type(exc).__name__}: {exc}"
             return Retryable(self._secret.redact(reason), ambiguous=True)
 
-    async def get_json(self, path: str) -> object:
-        """A GET for the occasional read (task status, ids); raises on any failure."""
-        url = self._url.rsplit("/v1/", 1)[0] + path
-        async with self._session.get(url, headers=self._headers, params=self._params or None) as r:
-            return msgspec.json.decode(await r.read())
+    async def task_errors(self, kind: str, task_id: str) -> dict[int, str] | None:
+        """Per-record errors of a product/user upload task; None while it is not known yet."""
+        url = f"{self._base}/v1/{kind}/_status/{task_id}"
+        params = {k: v for k, v in self._params.items() if k == "api_key"} or None
+        try:
+            async with self._session.get(url, headers=self._headers, params=params) as resp:
+                if resp.status != 200:
+                    return None
+                body = _decode(await resp.read())
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None
+        return _indexed(body.data if isinstance(body.data, list) else [])

@@ -19,7 +19,6 @@ from backfill.errors import UsageError
 from backfill.schema import Kind, Rules
 
 DEFAULT_ENDPOINT = "https://api.askmiso.com"
-DEFAULT_BATCH_SIZE: dict[str, int] = {"interactions": 10_000, "products": 100, "users": 100}
 MiB = 1024 * 1024
 
 
@@ -28,6 +27,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     inputs: list[str] = []
     kind: Kind = "interactions"
+    operation: Literal["upload", "delete"] = "upload"  # delete: inputs are ids
+    wait_tasks: bool = False  # products/users: read each upload's task status for errors
     endpoint: str = DEFAULT_ENDPOINT
     state_dir: str = ".backfill"
     dead_letter: str | None = None  # default: <state_dir>/dead-letter.jsonl
@@ -73,7 +74,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     @property
     def effective_batch_size(self) -> int:
-        return self.batch_size or DEFAULT_BATCH_SIZE[self.kind]
+        """The contract's recommendation: 10,000 interactions, 100 products or users or ids."""
+        return self.batch_size or (
+            10_000 if self.kind == "interactions" and self.operation == "upload" else 100
+        )
 
     @property
     def dead_letter_path(self) -> Path:

@@ -26,7 +26,8 @@ from typing import Any, TextIO
 import aiohttp
 
 from backfill import __version__
-from backfill.batching import Batch, BatchBuilder, Rejected, encode_body
+from backfill.batching import Batch, BatchBuilder, Rejected
+from backfill.catalog import CatalogMarks, CatalogPlan, prescan
 from backfill.checkpoint import AmbiguousRange, Checkpoint, FileState, Totals
 from backfill.client import Accepted, Answer, Fatal, MisoClient, Retryable, SchemaRejected, TooLarge
 from backfill.config import Secret, Settings
@@ -43,11 +44,12 @@ from backfill.mapping import build_transform
 from backfill.progress import LegStats, Progress
 from backfill.retry import RetryPolicy
 from backfill.schema import RecordValidator
-from backfill.sources import discover, fingerprint, read_blocks
+from backfill.sources import BlockTransform, discover, fingerprint, read_blocks
+from backfill.targets import ID_FIELD, IdLines, id_check, target_for
 
 log = logging.getLogger("backfill")
 
-PATHS = {"interactions": "/v1/interactions", "products": "/v1/products", "users": "/v1/users"}
+TASK_POLLS = 10  # GETs of a task status before its errors are taken as unknown
 
 
 @dataclass(slots=True)
@@ -80,8 +82,14 @@ class Engine:
             settings.backoff_initial,
             settings.backoff_max,
         )
-        self._validator = RecordValidator(settings.kind, settings.rules)
-        self._transform = build_transform(settings)
+        self._target = target_for(settings.kind, settings.operation)
+        self._transform: BlockTransform | None = build_transform(settings)
+        if settings.operation == "delete":
+            self._check = id_check(settings.kind)
+            self._transform = IdLines(settings.kind)
+        else:
+            self._check = RecordValidator(settings.kind, settings.rules).check
+        self._catalog: CatalogPlan | None = None
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=settings.concurrency)
         self._reader: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -95,6 +103,10 @@ class Engine:
         """Runs one leg of the load and returns the report of the whole load."""
         paths = discover(self.s.inputs)
         prints = await asyncio.to_thread(lambda: [(p, fingerprint(p)) for p in paths])
+        self._paths = {p: i for i, p in enumerate(paths)}
+        if self.s.kind != "interactions" and self.s.operation == "upload":
+            id_field = ID_FIELD[self.s.kind]
+            self._catalog = await prescan(paths, id_field, self.s.max_line_bytes, self._transform)
         cp = await Checkpoint.open(Path(self.s.state_dir))
         try:
             return await self._run_leg(cp, prints)
@@ -127,7 +139,7 @@ class Engine:
     def _settings_fingerprint(self) -> dict[str, Any]:
         s = self.s
         return {
-            "kind": s.kind,
+            "kind": self._target.name,
             "batch_size": s.effective_batch_size,
             "max_batch_bytes": s.max_batch_bytes,
             "rules": [s.allow_missing_timestamp, s.allow_anonymous, str(s.since), str(s.until)],
@@ -176,8 +188,9 @@ class Engine:
                 self._client = MisoClient(
                     session,
                     self.s.endpoint,
-                    PATHS[self.s.kind],
+                    self._target.path,
                     self.secret,
+                    method=self._target.method,
                     key_in_query=self.s.key_in_query,
                     server_dry_run=self.s.server_dry_run,
                 )
@@ -263,7 +276,7 @@ class Engine:
         builder = BatchBuilder(
             f.id,
             source,
-            self._validator.check,
+            self._check,
             max_records=self.s.effective_batch_size,
             max_bytes=self.s.max_batch_bytes,
             plan=f.plan,
@@ -277,6 +290,8 @@ class Engine:
         )
         if self._transform is not None:
             blocks = self._transform.blocks(f.path, blocks)
+        if self._catalog is not None:
+            blocks = CatalogMarks(self._catalog, self._file_index).blocks(f.path, blocks)
         async for block in blocks:
             self.stats.bytes_done += block.raw_bytes
             lines = block.first + len(block.lines)
@@ -290,6 +305,9 @@ class Engine:
         if warning:
             self._warn(f"{source}: {warning}")
         await self._cp.mark_file_read(f.id, lines, warning)
+
+    def _file_index(self, path: Path) -> int:
+        return self._paths[path]
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -367,6 +385,8 @@ class Engine:
             records, lines = parts.pop()
             answer = await self._post(records, d)
             if isinstance(answer, Accepted):
+                if answer.task_id and self.s.wait_tasks:
+                    answer = Accepted(await self._task_errors(answer), answer.task_id)
                 for i, message in answer.errors.items():
                     if 0 <= i < len(records):
                         d.rejected.append(Rejected(lines[i], message, records[i], "server"))
@@ -393,12 +413,23 @@ class Engine:
                 raise answer.error
         return d
 
+    async def _task_errors(self, answer: Accepted) -> dict[int, str]:
+        """--wait-tasks: the upload's deferred per-record errors, merged with its own."""
+        assert answer.task_id is not None
+        for attempt in range(1, TASK_POLLS + 1):
+            errors = await self._client.task_errors(self.s.kind, answer.task_id)
+            if errors is not None:
+                return {**errors, **answer.errors}
+            await asyncio.sleep(self._policy.delay(attempt))
+        self._warn(f"task {answer.task_id}: status unknown after {TASK_POLLS} tries")
+        return answer.errors
+
     async def _post(self, records: list[bytes], d: Delivery) -> Answer:
         """One part, with retries for what is retryable."""
         if self.s.dry_run:
             d.requests += 1
             return Accepted()
-        body = encode_body(records)
+        body = self._target.body(records)
         started = time.monotonic()
         attempt = 0
         while True:
@@ -433,6 +464,7 @@ class Engine:
             "records_valid": totals.records_valid,
             "records_invalid": totals.records_invalid,
             "records_filtered": totals.records_filtered,
+            "records_superseded": self._catalog.superseded_count if self._catalog else 0,
             "records_accepted": totals.records_accepted,
             "records_rejected_by_server": totals.records_rejected_by_server,
             "records_assumed_delivered": totals.records_assumed_delivered,
@@ -467,7 +499,7 @@ class Engine:
         return report
 
     def _client_url(self) -> str:
-        return self.s.endpoint.rstrip("/") + PATHS[self.s.kind]
+        return self.s.endpoint.rstrip("/") + self._target.path
 
 
 def _named_all(answer: SchemaRejected, size: int) -> bool:

@@ -102,6 +102,15 @@ class Block:
     raw_lengths: list[int] | None = None
     end: int | None = None  # offset just after the last line, when the reader knows it
 
+    def freeze_lengths(self) -> None:
+        """Records each line's stored length; call before a transform rewrites `lines`."""
+        if self.raw_lengths is None:
+            problems, first = self.problems, self.first
+            self.raw_lengths = [
+                problems[first + i].length if (first + i) in problems else len(line)
+                for i, line in enumerate(self.lines)
+            ]
+
     def end_offset(self, upto: int) -> int:
         """Uncompressed offset where line index `upto` starts (`upto` within this block)."""
         n = upto - self.first
