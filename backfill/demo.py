@@ -119,9 +119,12 @@ def compare(
     say("report next to the server's own counts")
     for left, a, right, b in rows:
         print(f"  {left:<28}{a:>12,}   {right:<30}{b:>12,}")
-    ok = stored == valid == report["records_accepted"] and stats["interactions"]["duplicates"] == 0
-    ok = ok and dead == report["records_invalid"] + report["records_rejected_by_server"]
-    return ok
+    exactly_once: bool = stored == valid == report["records_accepted"]
+    no_duplicates: bool = stats["interactions"]["duplicates"] == 0
+    all_dead_lettered: bool = (
+        dead == report["records_invalid"] + report["records_rejected_by_server"]
+    )
+    return exactly_once and no_duplicates and all_dead_lettered
 
 
 def main() -> int:
