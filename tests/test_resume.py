@@ -53,13 +53,15 @@ class Runner:
         self.server = server
 
     async def leg(self, sig: int | None, after_requests: int) -> tuple[int, str]:
+        """Runs one leg; sends `sig` once the server has *received* `after_requests` requests
+        of this leg (so with injected latency, the last of them is still in flight)."""
         proc = await asyncio.create_subprocess_exec(
             *self.cmd, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
-        start = (await self.server.stats())["requests"]["total"]
+        start = (await self.server.stats())["requests"]["received"]
         if sig is not None:
             while proc.returncode is None:
-                if (await self.server.stats())["requests"]["total"] - start >= after_requests:
+                if (await self.server.stats())["requests"]["received"] - start >= after_requests:
                     proc.send_signal(sig)
                     break
                 await asyncio.sleep(0.005)
@@ -135,6 +137,45 @@ async def test_lost_answers_are_reported_as_possible_duplicates(
     stored = server.records("interactions")
     assert len(stored) > len(origin), "the fault should have caused duplicates"
     assert {a["resolution"] for a in report["ambiguous_batches"]} == {"retried"}
+
+
+async def test_second_ctrl_c_cancels_requests_in_flight(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    inputs, origin = make_inputs(tmp_path)
+    runner = Runner(tmp_path, server, inputs, "--drain-timeout", "60")
+    server.set_faults(Faults(stall_rate=1.0, stall_seconds=60))
+    proc = await asyncio.create_subprocess_exec(
+        *runner.cmd, env=runner.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    while (await server.stats())["requests"]["received"] < 4:
+        await asyncio.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    await asyncio.sleep(0.5)
+    assert proc.returncode is None, "the first Ctrl-C waits for requests in flight"
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 20)  # far less than the 60 s stall
+    assert proc.returncode == 130, (out + err).decode()
+    assert b"second signal" in err
+    server.set_faults(Faults())
+    code, output = await runner.leg(None, 0)
+    assert code == 0, output
+    report = runner.final_report()
+    check_invariants(server, origin, report)
+    assert sum(a["records"] for a in report["ambiguous_batches"]) >= 4 * 250
+
+
+async def test_drain_timeout_bounds_the_wait(tmp_path: Path, server: RunningServer) -> None:
+    inputs, origin = make_inputs(tmp_path)
+    runner = Runner(tmp_path, server, inputs, "--drain-timeout", "1")
+    server.set_faults(Faults(stall_rate=1.0, stall_seconds=60))
+    code, output = await runner.leg(signal.SIGTERM, 2)
+    assert code == 143, output
+    assert "to resume: backfill run" in output
+    server.set_faults(Faults())
+    code, output = await runner.leg(None, 0)
+    assert code == 0, output
+    check_invariants(server, origin, runner.final_report())
 
 
 async def test_ambiguous_skip_never_resends(tmp_path: Path, server: RunningServer) -> None:

@@ -98,7 +98,7 @@ async def test_interactions_upload_stores_exact_bytes(
         "deleted": 0,
     }
     assert stats["records_received"] == 6
-    assert stats["requests"] == {"total": 1, "by_status": {"200": 1}}
+    assert stats["requests"] == {"total": 1, "received": 1, "by_status": {"200": 1}}
 
 
 async def test_exact_duplicates_are_counted(
@@ -682,7 +682,7 @@ async def test_sqlite_store_persists_and_reports(tmp_path: Path) -> None:
         "duplicates": 1,
         "deleted": 2,
     }
-    assert stats["requests"] == {"total": 4, "by_status": {"200": 4}}
+    assert stats["requests"] == {"total": 4, "received": 4, "by_status": {"200": 4}}
     with sqlite3.connect(db) as conn:  # a plain file anyone can open
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         bodies = [row[0] for row in conn.execute("SELECT body FROM interactions ORDER BY rowid")]

@@ -165,6 +165,7 @@ async def v1_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/v1/"):
         return await handler(request)
     state = request.app[STATE]
+    state.counters.requests_received += 1
     try:
         response = await _through_gate(state, request, handler)
     except _Dropped:

@@ -42,7 +42,8 @@ class StoreCounts(msgspec.Struct):
 class Counters(msgspec.Struct):
     """Request bookkeeping the stats report; the SQLite store keeps it across restarts."""
 
-    requests_total: int = 0
+    requests_total: int = 0  # answered (or dropped, or abandoned)
+    requests_received: int = 0  # arrived; the difference is in flight
     by_status: dict[str, int] = {}
     records_received: int = 0
     deleted: int = 0
@@ -65,6 +66,7 @@ def stats_document(counts: StoreCounts, counters: Counters) -> dict[str, Any]:
         "users": {"total": counts.users},
         "requests": {
             "total": counters.requests_total,
+            "received": counters.requests_received,
             "by_status": dict(sorted(counters.by_status.items())),
         },
         "records_received": counters.records_received,
@@ -398,6 +400,7 @@ def _load_counters(conn: sqlite3.Connection) -> Counters:
     values = dict(conn.execute("SELECT name, value FROM counters"))
     return Counters(
         requests_total=values.pop("requests_total", 0),
+        requests_received=values.pop("requests_received", 0),
         records_received=values.pop("records_received", 0),
         deleted=values.pop("deleted", 0),
         by_status={
@@ -411,6 +414,7 @@ def _load_counters(conn: sqlite3.Connection) -> Counters:
 def _save_counters(conn: sqlite3.Connection, counters: Counters) -> None:
     rows = [
         ("requests_total", counters.requests_total),
+        ("requests_received", counters.requests_received),
         ("records_received", counters.records_received),
         ("deleted", counters.deleted),
         *((_STATUS_PREFIX + status, n) for status, n in counters.by_status.items()),
