@@ -344,7 +344,8 @@ class Checkpoint:
         """
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (
-                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, 'acked', ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO batches "
+                "VALUES (?, ?, ?, ?, ?, 'acked', ?, ?, ?, ?, ?, ?, ?)",
                 (*key, *span, *counts, *outcome),
             ),
             ("UPDATE legs SET last_seen=? WHERE id=?", (time.time(), self.leg)),

@@ -52,9 +52,8 @@ def logs() -> GenerateSummary:
         out=str(data), days=90, records=RECORDS, seed=7, bad_fraction=BAD_FRACTION
     )
     summary = generate(config)
-    print(
-        f"{len(summary.files)} files, {summary.bytes / 1e6:.1f} MB in {time.monotonic() - started:.1f} s"
-    )
+    seconds = time.monotonic() - started
+    print(f"{len(summary.files)} files, {summary.bytes / 1e6:.1f} MB in {seconds:.1f} s")
     return summary
 
 
@@ -138,8 +137,8 @@ def main() -> int:
     try:
         env = {**os.environ, "MISO_API_KEY": key}
         cmd = backfill(
-            "run", str(WORKDIR / "logs" / "interactions-*"), "--endpoint", server.url, "--state-dir", str(state),
-            "--report", str(report_file), "--restart", "--yes",
+            "run", str(WORKDIR / "logs" / "interactions-*"), "--endpoint", server.url,
+            "--state-dir", str(state), "--report", str(report_file), "--restart", "--yes",
         )  # fmt: skip
         valid, _ = expected(summary)
         say(f"backfill run ... (the demo presses Ctrl-C at about {INTERRUPT_AT:.0%})")

@@ -15,8 +15,8 @@ import os
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import aiofiles
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from backfill.server import Faults, RunningServer
 from tests.helpers import dead_letters, interaction, line, run_engine, write_lines
 
-
 DELETE_SEED = 2  # with error_rate 0.5: two requests pass, then one fails
 
 
