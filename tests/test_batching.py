@@ -1,0 +1,100 @@
+"""The batch builder: exact line ranges, count and byte limits, resume plans."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backfill.batching import ENVELOPE_BYTES, BatchBuilder, Plan
+from backfill.schema import OUT_OF_WINDOW
+from backfill.sources import Block, Problem
+
+
+def check(line: bytes) -> str | None:
+    if line.startswith(b"bad"):
+        return "bad record"
+    if line.startswith(b"old"):
+        return OUT_OF_WINDOW
+    return None if line.startswith(b"{") else "malformed JSON"
+
+
+def blocks_of(lines: list[bytes], cuts: list[int]) -> list[Block]:
+    """Splits lines into consecutive blocks at the given positions, with true offsets."""
+    out, offset, prev = [], 0, 0
+    for cut in [*sorted(set(cuts)), len(lines)]:
+        if cut <= prev:
+            continue
+        part = lines[prev:cut]
+        block = Block(list(part), prev, offset, 0)
+        offset += sum(len(x) + 1 for x in part)
+        block.end = offset
+        out.append(block)
+        prev = cut
+    return out
+
+
+line_kinds = st.sampled_from(["ok", "ok", "ok", "ok", "bad", "old", "blank", "big"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kinds=st.lists(line_kinds, min_size=0, max_size=120),
+    max_records=st.integers(1, 15),
+    max_bytes=st.integers(40, 400),
+    cuts=st.lists(st.integers(0, 120), max_size=8),
+)
+def test_batches_cover_every_line_once_within_limits(
+    kinds: list[str], max_records: int, max_bytes: int, cuts: list[int]
+) -> None:
+    text = {
+        "ok": b'{"n":%d}',
+        "bad": b"bad%d",
+        "old": b"old%d",
+        "blank": b"",
+        "big": b'{"x":"%d' + b"y" * 500 + b'"}',
+    }
+    lines = [text[k] % i if b"%d" in text[k] else text[k] for i, k in enumerate(kinds)]
+    data = b"".join(x + b"\n" for x in lines)
+    builder = BatchBuilder(1, "f", check, max_records=max_records, max_bytes=max_bytes)
+    batches = []
+    for block in blocks_of(lines, cuts):
+        batches += builder.feed(block)
+    batches += builder.finish()
+    position, offset = 0, 0
+    for b in batches:
+        assert (b.start_line, b.start_offset) == (position, offset)
+        assert data[b.start_offset : b.end_offset].count(b"\n") == b.end_line - b.start_line
+        assert len(b.records) <= max_records
+        assert b.size <= max_bytes or len(b.records) == 1
+        assert b.size == ENVELOPE_BYTES + sum(len(r) + 1 for r in b.records)
+        assert all(lines[i] == r for i, r in zip(b.record_lines, b.records, strict=True))
+        position, offset = b.end_line, b.end_offset
+    if lines:
+        assert position == len(lines)
+    valid = [x for x, k in zip(lines, kinds, strict=True) if k in ("ok", "big")]
+    assert [r for b in batches for r in b.records] == valid
+    assert sum(len(b.invalid) for b in batches) == kinds.count("bad")
+    assert sum(b.filtered for b in batches) == kinds.count("old")
+
+
+def test_resume_plan_skips_acknowledged_ranges_and_keeps_ambiguous_boundaries() -> None:
+    lines = [b'{"n":%d}' % i for i in range(100)]
+    plan = Plan(skip=((10, 20), (50, 60)), cuts=frozenset({30, 37}))
+    builder = BatchBuilder(1, "f", check, max_records=25, max_bytes=10_000, plan=plan)
+    batches = []
+    for block in blocks_of(lines, [33, 55, 70]):
+        batches += builder.feed(block)
+    batches += builder.finish()
+    ranges = [(b.start_line, b.end_line) for b in batches]
+    assert ranges == [(0, 10), (20, 30), (30, 37), (37, 50), (60, 85), (85, 100)]
+    assert sum(len(b.records) for b in batches) == 80
+
+
+def test_reader_problems_become_dead_letters_or_filtered() -> None:
+    lines = [b'{"n":0}', b"", b"", b'{"n":3}']
+    block = Block(lines, 0, 0, 0, {1: Problem("too long", 5000, b"xxx"), 2: Problem(None, 7)})
+    builder = BatchBuilder(1, "f", check, max_records=10, max_bytes=10_000)
+    [batch] = builder.feed(block) + builder.finish()
+    assert [(r.line, r.reason, r.raw) for r in batch.invalid] == [(1, "too long", b"xxx")]
+    assert batch.filtered == 1 and batch.records == [b'{"n":0}', b'{"n":3}']
+    assert batch.end_offset == (7 + 1) + (5000 + 1) + (7 + 1) + (7 + 1)
