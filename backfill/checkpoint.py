@@ -86,11 +86,16 @@ class FileState:
 
 @dataclass(frozen=True, slots=True)
 class AmbiguousRange:
+    """A range that was in flight at the last stop. `sent` False: its request was answered
+    with a refusal that stores nothing (401, a 5xx with retries exhausted), so it is read
+    and sent again whatever --ambiguous says, and never counted as a possible duplicate."""
+
     source: str
     file_id: int
     start_line: int  # 0-based
     end_line: int
     records: int
+    sent: bool = True
 
 
 @dataclass(slots=True)
@@ -271,9 +276,13 @@ class Checkpoint:
     def _take_ambiguous(self, mode: str, sources: dict[int, str]) -> list[AmbiguousRange]:
         db = self._require()
         rows = db.execute(
-            "SELECT file_id, start_line, end_line, records FROM batches WHERE state='inflight'"
+            "SELECT file_id, start_line, end_line, records, state = 'inflight' FROM batches "
+            "WHERE state IN ('inflight', 'unsent')"
         ).fetchall()
-        found = [AmbiguousRange(sources.get(r[0], f"file #{r[0]}"), *r) for r in rows]
+        found = [
+            AmbiguousRange(sources.get(r[0], f"file #{r[0]}"), r[0], r[1], r[2], r[3], bool(r[4]))
+            for r in rows
+        ]
         resolution = "resent" if mode == "resend" else "skipped"
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (
@@ -281,7 +290,9 @@ class Checkpoint:
                 (a.file_id, a.start_line, a.end_line, a.records, self.leg, resolution),
             )
             for a in found
+            if a.sent
         ]
+        statements.append(("DELETE FROM batches WHERE state='unsent'", ()))
         if mode == "resend":
             statements.append(("DELETE FROM batches WHERE state='inflight'", ()))
         else:
@@ -358,6 +369,13 @@ class Checkpoint:
                 )
             )
         await self._call(self._tx, statements)
+
+    async def mark_unsent(self, key: tuple[int, int]) -> None:
+        """The batch in flight was refused in a way that stores nothing: not ambiguous."""
+        await self._call(
+            self._tx,
+            [("UPDATE batches SET state='unsent' WHERE file_id=? AND start_line=?", key)],
+        )
 
     async def mark_file_read(self, file_id: int, lines: int, warning: str | None) -> None:
         await self._call(

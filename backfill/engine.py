@@ -37,6 +37,7 @@ from backfill.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     BackfillError,
+    NeedsUser,
     RetriesExhausted,
     TooManyInvalid,
 )
@@ -117,10 +118,12 @@ class Engine:
         await cp.start_leg(self._settings_fingerprint(), self.command)
         files = await cp.register_files(prints, self.s.force)
         sources = {f.id: str(f.path) for f in files}
-        ambiguous = await cp.take_ambiguous(self.s.ambiguous, sources)
-        await cp.plan_files(files, ambiguous if self.s.ambiguous == "resend" else [])
+        stopped = await cp.take_ambiguous(self.s.ambiguous, sources)
+        ambiguous = [a for a in stopped if a.sent]
+        reread = stopped if self.s.ambiguous == "resend" else [a for a in stopped if not a.sent]
+        await cp.plan_files(files, reread)
         self._announce_resume(files, ambiguous)
-        self._dlq = DeadLetterFile(self.s.dead_letter_path, self._suppressed(ambiguous))
+        self._dlq = DeadLetterFile(self.s.dead_letter_path, self._suppressed(reread))
         self._cp = cp
         self.stats.bytes_total = sum(fp.size for _, fp in prints)
         self.stats.bytes_done = sum(
@@ -162,11 +165,12 @@ class Engine:
         for line in lines:
             print(line, file=self.out)
 
-    def _suppressed(self, ambiguous: list[AmbiguousRange]) -> set[tuple[str, int]]:
-        if self.s.ambiguous != "resend" or not ambiguous:
+    def _suppressed(self, reread: list[AmbiguousRange]) -> set[tuple[str, int]]:
+        """Dead letters that ranges read again already wrote (before they were sent)."""
+        if not reread:
             return set()
         ranges: dict[str, list[tuple[int, int]]] = {}
-        for a in ambiguous:
+        for a in reread:
             ranges.setdefault(a.source, []).append((a.start_line, a.end_line))
         return entries_in(self.s.dead_letter_path, ranges)
 
@@ -360,8 +364,13 @@ class Engine:
         key, span, counts = self._row(batch)
         await self._cp.mark_inflight(key, span, counts)
         self.stats.in_flight += 1
+        d = Delivery()
         try:
-            d = await self._send(batch)
+            await self._send(batch, d)
+        except NeedsUser:
+            if not (d.accepted or d.ambiguous):  # every answer was a refusal: nothing stored
+                await self._cp.mark_unsent(key)
+            raise
         finally:
             self.stats.in_flight -= 1
         self._dlq.write(batch.source, d.rejected)
@@ -372,14 +381,13 @@ class Engine:
         self.stats.records_accepted += d.accepted
         self.stats.records_rejected += len(d.rejected)
 
-    async def _send(self, batch: Batch) -> Delivery:
+    async def _send(self, batch: Batch, d: Delivery) -> None:
         """Delivers every record of the batch or accounts for it as rejected.
 
         422 drops exactly the records the answer names and re-sends the rest (bisecting when
         the answer names none); 413 splits in halves; a record alone that still fails is
         rejected with the server's words.
         """
-        d = Delivery()
         parts = [(batch.records, batch.record_lines)]
         while parts:
             records, lines = parts.pop()
@@ -411,7 +419,6 @@ class Engine:
                     parts.append((records[:half], lines[:half]))
             elif isinstance(answer, Fatal):
                 raise answer.error
-        return d
 
     async def _task_errors(self, answer: Accepted) -> dict[int, str]:
         """--wait-tasks: the upload's deferred per-record errors, merged with its own."""

@@ -170,7 +170,8 @@ async def test_dropped_connections_and_stalls_are_retried(
 
 
 async def test_wrong_key_stops_at_once_and_resumes(tmp_path: Path, server: RunningServer) -> None:
-    path = write_lines(tmp_path / "a.jsonl", [line(interaction(i)) for i in range(3_000)])
+    rows = [line(interaction(i)) for i in range(3_000)]
+    path = write_lines(tmp_path / "a.jsonl", [*rows[:10], b"{broken", *rows[10:]])
     report = await run_engine(tmp_path, server.url, "not-the-key", [str(path)], batch_size=1_000)
     assert report["exit_code"] == 3 and "refused" in report["error"]
     assert report["retries"] == 0 and server.records("interactions") == []
@@ -202,6 +203,7 @@ async def test_retries_exhausted_stops_resumably(tmp_path: Path, server: Running
     report = await run_engine(tmp_path, server.url, server.secret_key, [str(path)], batch_size=500)
     assert sorted(numbers(server.records("interactions"))) == list(range(2_000))
     assert report["exit_code"] == 0 and report["records_accepted"] == 2_000
+    assert report["possibly_duplicated"] == 0
 
 
 async def test_too_many_invalid_records_stop_the_run(tmp_path: Path, server: RunningServer) -> None:
