@@ -37,15 +37,17 @@ from backfill.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     BackfillError,
+    InputUnreadable,
     NeedsUser,
     RetriesExhausted,
     TooManyInvalid,
+    UsageError,
 )
 from backfill.mapping import build_transform
 from backfill.progress import LegStats, Progress
 from backfill.retry import RetryPolicy
 from backfill.schema import RecordValidator
-from backfill.sources import BlockTransform, discover, fingerprint, read_blocks
+from backfill.sources import BlockTransform, Fingerprint, discover, fingerprint, read_blocks
 from backfill.targets import ID_FIELD, IdLines, id_check, target_for
 
 log = logging.getLogger("backfill")
@@ -103,7 +105,7 @@ class Engine:
     async def run(self) -> dict[str, Any]:
         """Runs one leg of the load and returns the report of the whole load."""
         paths = discover(self.s.inputs)
-        prints = await asyncio.to_thread(lambda: [(p, fingerprint(p)) for p in paths])
+        prints = await asyncio.to_thread(lambda: [(p, _fingerprint(p)) for p in paths])
         self._paths = {p: i for i, p in enumerate(paths)}
         if self.s.kind != "interactions" and self.s.operation == "upload":
             id_field = ID_FIELD[self.s.kind]
@@ -296,11 +298,14 @@ class Engine:
             blocks = self._transform.blocks(f.path, blocks)
         if self._catalog is not None:
             blocks = CatalogMarks(self._catalog, self._file_index).blocks(f.path, blocks)
-        async for block in blocks:
-            self.stats.bytes_done += block.raw_bytes
-            lines = block.first + len(block.lines)
-            for batch in builder.feed(block):
-                await self._submit(batch)
+        try:
+            async for block in blocks:
+                self.stats.bytes_done += block.raw_bytes
+                lines = block.first + len(block.lines)
+                for batch in builder.feed(block):
+                    await self._submit(batch)
+        except OSError as exc:
+            raise InputUnreadable(f"cannot read {source}: {exc.strerror or exc}") from None
         for batch in builder.finish():
             await self._submit(batch)
         warning = "; ".join(builder.warnings) or None
@@ -507,6 +512,13 @@ class Engine:
 
     def _client_url(self) -> str:
         return self.s.endpoint.rstrip("/") + self._target.path
+
+
+def _fingerprint(path: Path) -> Fingerprint:
+    try:
+        return fingerprint(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read input {path}: {exc.strerror or exc}") from None
 
 
 def _named_all(answer: SchemaRejected, size: int) -> bool:

@@ -57,5 +57,9 @@ class RetriesExhausted(NeedsUser):
     pass
 
 
+class InputUnreadable(NeedsUser):
+    pass
+
+
 class TooManyInvalid(NeedsUser):
     pass

@@ -59,3 +59,15 @@ def test_usage_errors_exit_2(
     with pytest.raises(SystemExit) as exc:
         main(["run", "--concurrency", "lots"])
     assert exc.value.code == 2
+
+
+def test_an_unreadable_input_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISO_API_KEY", "k")
+    # /proc/self/mem is a file that every read refuses with EIO, even for root
+    code = main(
+        ["run", "/proc/self/mem", "--state-dir", str(tmp_path), "--endpoint", "http://127.0.0.1:9"]
+    )
+    assert code == 2
+    assert "cannot read input /proc/self/mem: Input/output error" in capsys.readouterr().err
