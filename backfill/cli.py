@@ -273,6 +273,9 @@ def _feature_parsers() -> list[Any]:
     from backfill.generate import add_parser as add_generate_parser
 
     registers.append(add_generate_parser)
+    from backfill.preview import add_parser as add_preview_parser
+
+    registers.append(add_preview_parser)
     return registers
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+import msgspec
 
 from backfill import __version__
 from backfill.batching import Batch, BatchBuilder, Rejected
@@ -117,7 +119,14 @@ class Engine:
             await cp.close()
 
     async def _run_leg(self, cp: Checkpoint, prints: list[Any]) -> dict[str, Any]:
-        await cp.start_leg(self._settings_fingerprint(), self.command)
+        current = self._settings_fingerprint()
+        previous = await cp.start_leg(current, self.command)
+        changed = sorted(k for k in current if previous and previous.get(k) != current[k])
+        if changed:
+            self._warn(
+                f"settings changed since the last leg ({', '.join(changed)}): acknowledged "
+                "records stay as they were sent; the rest follows the new settings"
+            )
         files = await cp.register_files(prints, self.s.force)
         sources = {f.id: str(f.path) for f in files}
         stopped = await cp.take_ambiguous(self.s.ambiguous, sources)
@@ -148,6 +157,9 @@ class Engine:
             "batch_size": s.effective_batch_size,
             "max_batch_bytes": s.max_batch_bytes,
             "rules": [s.allow_missing_timestamp, s.allow_anonymous, str(s.since), str(s.until)],
+            "mapping": hashlib.sha256(
+                msgspec.json.encode(s.mapping or {}, order="sorted")
+            ).hexdigest()[:16],
             "version": __version__,
         }
 

@@ -25,7 +25,10 @@ from backfill.errors import UsageError
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 BOM = b"\xef\xbb\xbf"
-DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz", ".gz")
+DATA_SUFFIXES = (
+    *(".jsonl", ".ndjson", ".json", ".csv", ".tsv"),
+    *(".jsonl.gz", ".ndjson.gz", ".json.gz", ".csv.gz", ".tsv.gz", ".gz"),
+)
 FINGERPRINT_BLOCK = 64 * 1024
 PREVIEW = 64 * 1024  # bytes of an undeliverable line kept for its dead-letter entry
 INFLATE_PIECE = 8 << 20  # bounds memory against a gzip bomb

@@ -1,0 +1,213 @@
+"""`backfill preview`: the first records of a file before and after the mapping, side by side.
+
+Getting a mapping right by loading and reading 422s takes an hour; this takes a minute. It
+runs the very code a load runs (reader, mapping, validation) on the first N records of one
+input and prints, for each, its source, the Miso record it becomes and the verdict: valid,
+refused (with the reason a dead letter would carry), or left out on purpose (and by which
+rule). Nothing is sent.
+
+    backfill preview --config configs/mapping-ecommerce-csv.toml events.csv -n 3
+
+Exit code 0 when every record shown is valid, 1 when one is not, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import textwrap
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, cast
+
+import msgspec
+
+from backfill.config import Settings, load_settings
+from backfill.errors import UsageError
+from backfill.mapping import MappingTransform, Observations, build_transform
+from backfill.schema import OUT_OF_WINDOW, RecordValidator
+from backfill.sources import Block, read_blocks
+
+EXIT_ALL_VALID: Final = 0
+EXIT_SOME_INVALID: Final = 1
+GUTTER: Final = " │ "
+SIDE_BY_SIDE_MIN: Final = 90  # narrower terminals get one column after the other
+
+
+@dataclass(slots=True)
+class Shown:
+    """One record of the preview."""
+
+    line: int  # 1-based, as editors count (and dead letters say)
+    source: Any  # the parsed source (CSV: column -> value), or the raw text
+    mapped: bytes | None  # the Miso record, None when refused or left out
+    verdict: str  # "valid", "dead letter" or "left out"
+    why: str  # the reason of a dead letter, the rule that left a record out
+    valid: bool
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds `preview` to the main parser's subcommands; `args.func(args)` runs it."""
+    p = sub.add_parser(
+        "preview",
+        help="show the first records of a file before and after the [mapping], with verdicts",
+        description="Print the first records of INPUT as read, as mapped to Miso records "
+        "by the [mapping] table of --config, and whether each is valid. Sends nothing.",
+    )
+    p.add_argument("input", help="one input file (CSV, TSV or JSON lines; gzip or not)")
+    p.add_argument("--config", required=True, help="TOML file with the [mapping] table")
+    p.add_argument("-n", "--records", type=int, default=5, help="records to show (5)")
+    p.add_argument("--width", type=int, help="output width (default: the terminal's)")
+    p.set_defaults(func=cmd_preview)
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    if args.records <= 0:
+        raise UsageError("-n/--records must be positive")
+    settings = load_settings(args.config, {"inputs": [args.input]})
+    path = Path(args.input)
+    if not path.is_file():
+        raise UsageError(f"input not found: {path}")
+    shown = asyncio.run(preview(settings, path, args.records))
+    width = args.width or shutil.get_terminal_size((120, 24)).columns
+    print(render(shown, settings, path, width))
+    return EXIT_ALL_VALID if all(s.valid for s in shown) else EXIT_SOME_INVALID
+
+
+async def preview(settings: Settings, path: Path, limit: int) -> list[Shown]:
+    """The first `limit` records of `path` (not blank lines, not the CSV header)."""
+    transform = build_transform(settings)
+    validator = RecordValidator(settings.kind, settings.rules)
+    seen = Observations()
+    raw: dict[int, bytes] = {}
+    shown: list[Shown] = []
+    reader = cast(
+        AsyncGenerator[Block, None],
+        read_blocks(path, max_line_bytes=settings.max_line_bytes),
+    )
+    remembered = _remember(reader, raw)
+    blocks = remembered
+    if transform is not None:
+        assert isinstance(transform, MappingTransform)
+        blocks = cast(AsyncGenerator[Block, None], transform.blocks(path, remembered, seen))
+    async with (
+        contextlib.aclosing(reader),
+        contextlib.aclosing(remembered),
+        contextlib.aclosing(blocks),
+    ):
+        async for block in blocks:
+            for slot, line in enumerate(block.lines):
+                index = block.first + slot
+                problem = block.problems.get(index)
+                if not line and problem is None:
+                    continue
+                source = seen.sources.get(index, raw.get(index, b""))
+                shown.append(_verdict(index, source, line, problem, seen, validator))
+                if len(shown) >= limit:
+                    return shown
+    return shown
+
+
+async def _remember(
+    blocks: AsyncGenerator[Block, None], raw: dict[int, bytes]
+) -> AsyncGenerator[Block, None]:
+    """Keeps each raw line, to show a source that could not be parsed."""
+    async for block in blocks:
+        for slot, line in enumerate(block.lines):
+            raw[block.first + slot] = line
+        for index, problem in block.problems.items():
+            raw[index] = problem.raw
+        yield block
+
+
+def _verdict(
+    index: int,
+    source: Any,
+    line: bytes,
+    problem: Any,
+    seen: Observations,
+    validator: RecordValidator,
+) -> Shown:
+    line_no = index + 1
+    if problem is not None and problem.reason is None:
+        why = seen.dropped.get(index, "a drop rule")
+        return Shown(line_no, source, None, "left out", why, True)
+    if problem is not None:
+        return Shown(line_no, source, None, "dead letter", problem.reason, False)
+    reason = validator.check(line)
+    if reason is None:
+        return Shown(line_no, source, line, "valid", "", True)
+    if reason is OUT_OF_WINDOW:
+        return Shown(line_no, source, line, "left out", reason, True)
+    return Shown(line_no, source, line, "dead letter", reason, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering.
+# ---------------------------------------------------------------------------------------------
+
+
+def render(shown: list[Shown], settings: Settings, path: Path, width: int) -> str:
+    mapping = settings.mapping or {}
+    what = f"{mapping.get('format', 'Miso JSON lines')}"
+    out = [f"{path} ({what}) -> Miso {settings.kind}, first {len(shown)} records", ""]
+    columns = width >= SIDE_BY_SIDE_MIN
+    half = (width - len(GUTTER)) // 2 if columns else width
+    for s in shown:
+        out.append(_rule(f" line {s.line}: {s.verdict} ", width))
+        if s.why:
+            out.extend(_wrap([s.why], width))
+        left = ["source", *_source_lines(s.source)]
+        right = ["mapped", *(_json_lines(s.mapped) if s.mapped is not None else ["(none)"])]
+        if columns:
+            out.extend(_side_by_side(left, right, half))
+        else:
+            out.extend(_wrap(left, width) + _wrap(right, width))
+        out.append("")
+    counts = {v: sum(s.verdict == v for s in shown) for v in ("valid", "dead letter", "left out")}
+    out.append(f"{len(shown)} records: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+    return "\n".join(out)
+
+
+def _rule(title: str, width: int) -> str:
+    return "──" + title + "─" * max(0, width - len(title) - 2)
+
+
+def _source_lines(source: Any) -> list[str]:
+    if isinstance(source, dict) and source and all(isinstance(v, str) for v in source.values()):
+        return [f"{k}: {v}" for k, v in source.items()]  # a CSV row
+    if isinstance(source, bytes):
+        return [source.decode("utf-8", "backslashreplace")]
+    return _json_lines(msgspec.json.encode(source))
+
+
+def _json_lines(data: bytes) -> list[str]:
+    return msgspec.json.format(data, indent=2).decode().splitlines()
+
+
+def _wrap(lines: list[str], width: int) -> list[str]:
+    wrapped: list[str] = []
+    for line in lines:
+        indent = len(line) - len(line.lstrip(" "))
+        wrapped.extend(
+            textwrap.wrap(
+                line,
+                width,
+                subsequent_indent=" " * (indent + 2),
+                drop_whitespace=False,
+                break_on_hyphens=False,
+            )
+            or [""]
+        )
+    return wrapped
+
+
+def _side_by_side(left: list[str], right: list[str], half: int) -> list[str]:
+    a, b = _wrap(left, half), _wrap(right, half)
+    rows = max(len(a), len(b))
+    a += [""] * (rows - len(a))
+    b += [""] * (rows - len(b))
+    return [f"{x.ljust(half)}{GUTTER}{y}".rstrip() for x, y in zip(a, b, strict=True)]
