@@ -26,15 +26,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
-from rfc3339_validator import validate_rfc3339
+from rfc3339_validator import validate_rfc3339  # type: ignore[import-untyped]
 
 from backfill.schema import INTERACTION_TYPES, Kind, RecordValidator, Rules, miso_error_lines
 
-_CANDIDATES = (
-    Path(__file__).resolve().parents[1] / "docs" / "miso-data-api.openapi.json",
-    Path("/work/shared/miso-data-api.openapi.json"),
-)
-SPEC_PATH = next((p for p in _CANDIDATES if p.exists()), _CANDIDATES[0])
+# A copy of the vendor's file (shared/miso-data-api.openapi.json), kept with the tests so that
+# they run from any clone; test_the_copy_is_current compares it with the original when present.
+SPEC_PATH = Path(__file__).resolve().parent / "data" / "miso-data-api.openapi.json"
+SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "miso-data-api.openapi.json"
 SPEC: dict[str, Any] = json.loads(SPEC_PATH.read_text())
 COMPONENTS: dict[str, Any] = SPEC["components"]["schemas"]
 INTERACTION_ITEM: dict[str, Any] = COMPONENTS["InteractionBulkIn"]["properties"]["data"]["items"]
@@ -54,53 +53,84 @@ CONTRACT_ONLY = Rules(require_timestamp=False, require_identity=False)
 # ---------------------------------------------------------------------------------------------
 
 
+def _date_time(value: object) -> bool:
+    """rfc3339-validator anchors with `$`, which also matches before a final newline."""
+    return not isinstance(value, str) or (
+        bool(validate_rfc3339(value.upper())) and not value.endswith("\n")
+    )
+
+
+def _uuid(value: object) -> bool:
+    """jsonschema only looks at four hyphen positions (so "12345678-1234-1234-1234-1234-5678abcd"
+    passes); RFC 4122's form is 8-4-4-4-12 hex digits."""
+    return not isinstance(value, str) or (
+        [len(part) for part in value.split("-")] == [8, 4, 4, 4, 12]
+        and uuid.UUID(value) is not None
+    )
+
+
+def _uri(value: object) -> bool:
+    """jsonschema checks "uri" only when rfc3987 is installed (it is not a dependency here);
+    RFC 3986's absolute URI: a scheme, ":", and no spaces or control characters."""
+    if not isinstance(value, str):
+        return True
+    scheme, colon, rest = value.partition(":")
+    return (
+        bool(colon)
+        and scheme[:1] in set(string.ascii_letters)
+        and all(c in string.ascii_letters + string.digits + "+-." for c in scheme)
+        and not any(ord(c) <= 32 or ord(c) == 127 for c in rest)
+    )
+
+
 def _reference_formats() -> FormatChecker:
     checker = FormatChecker()
-
-    # rfc3339-validator anchors with `$`, which also matches before a final newline.
-    @checker.checks("date-time")
-    def date_time(value: object) -> bool:
-        return not isinstance(value, str) or (
-            validate_rfc3339(value.upper()) and not value.endswith("\n")
-        )
-
-    # jsonschema only looks at four hyphen positions ("12345678-1234-1234-1234-1234-5678abcd"
-    # passes); RFC 4122's form is 8-4-4-4-12 hex digits.
-    @checker.checks("uuid", raises=ValueError)
-    def is_uuid(value: object) -> bool:
-        return not isinstance(value, str) or (
-            [len(part) for part in value.split("-")] == [8, 4, 4, 4, 12]
-            and uuid.UUID(value) is not None
-        )
-
-    # jsonschema checks "uri" only when rfc3987 is installed (it is not a dependency); RFC 3986's
-    # absolute URI: a scheme, ":", and no spaces or control characters.
-    @checker.checks("uri")
-    def is_uri(value: object) -> bool:
-        if not isinstance(value, str):
-            return True
-        scheme, colon, rest = value.partition(":")
-        return (
-            bool(colon)
-            and scheme[:1] in set(string.ascii_letters)
-            and all(c in string.ascii_letters + string.digits + "+-." for c in scheme)
-            and not any(ord(c) <= 32 or ord(c) == 127 for c in rest)
-        )
-
+    checker.checks("date-time")(_date_time)
+    checker.checks("uuid", raises=ValueError)(_uuid)
+    checker.checks("uri")(_uri)
     return checker
 
 
+def _inline(schema: Any) -> Any:
+    """The schema with every `#/components/schemas/...` reference replaced by its target.
+
+    Same meaning (the file has no recursive schemas), and the validator no longer resolves
+    references for each of the 29 branches of every record, which dominated the test's time.
+    """
+    if isinstance(schema, list):
+        return [_inline(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema:
+        return _inline(COMPONENTS[schema["$ref"].removeprefix("#/components/schemas/")])
+    return {key: _inline(value) for key, value in schema.items()}
+
+
 def _reference(root: dict[str, Any]) -> Draft202012Validator:
-    # `#/components/...` references resolve against the schema's root document.
-    return Draft202012Validator({**root, "components": SPEC["components"]}, format_checker=FORMATS)
+    return Draft202012Validator(_inline(root), format_checker=FORMATS)
 
 
 FORMATS = _reference_formats()
 REFERENCE: Mapping[Kind, Draft202012Validator] = {
     "interactions": _reference(INTERACTION_ITEM),
-    "products": _reference({"$ref": "#/components/schemas/ProductRecord"}),
-    "users": _reference({"$ref": "#/components/schemas/UserRecord"}),
+    "products": _reference(COMPONENTS["ProductRecord"]),
+    "users": _reference(COMPONENTS["UserRecord"]),
 }
+
+
+# Each branch of the union requires `type` and allows one value of it, so a record can only
+# match the branch its `type` names (test_the_union_is_keyed_by_type checks this of the file):
+# judging it by that branch alone gives the union's verdict, without 28 failing branches.
+BRANCHES: Mapping[str, Draft202012Validator] = {
+    _inline(ref)["title"]: _reference(ref) for ref in INTERACTION_ITEM["anyOf"]
+}
+
+
+def _reference_verdict(kind: Kind, record: Any) -> bool:
+    tag = record.get("type") if kind == "interactions" and isinstance(record, dict) else None
+    if isinstance(tag, str) and tag in BRANCHES:
+        return bool(BRANCHES[tag].is_valid(record))
+    return bool(REFERENCE[kind].is_valid(record)) and _id_rules(kind, record)
 
 
 def _id_rules(kind: Kind, record: Any) -> bool:
@@ -137,10 +167,10 @@ def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
 Pair = tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]  # (valid, near misses)
 
 
-def values(schema: dict[str, Any], odds: int = 25) -> st.SearchStrategy[Any]:
+def values(schema: dict[str, Any], odds: int = 12) -> st.SearchStrategy[Any]:
     """Values of `schema` where one node in `odds` is a near miss.
 
-    At 1 in 25 whole records come out about half valid; a focused test (one field per
+    At 1 in 12 whole records come out about half valid; a focused test (one field per
     record) uses 1 in 5.
     """
     schema = _resolve(schema)
@@ -329,7 +359,7 @@ _FORMATS: dict[str, Callable[[], Pair]] = {
 
 def _agree(kind: Kind, record: Any, seen: Counter[bool]) -> None:
     raw = msgspec.json.encode(record)
-    expected = REFERENCE[kind].is_valid(record) and _id_rules(kind, record)
+    expected = _reference_verdict(kind, record)
     reason = RecordValidator(kind, CONTRACT_ONLY).check(raw)
     assert (reason is None) == expected, f"ours: {reason!r}; reference: {expected}; {raw!r}"
     lines = miso_error_lines(kind, [raw])
@@ -357,7 +387,7 @@ def _shape_id(key: str) -> str:
 @pytest.mark.parametrize("shape", sorted(SHAPES), ids=_shape_id)
 def test_interactions_agree_with_the_openapi_file(shape: str) -> None:
     seen: Counter[bool] = Counter()
-    records = st.sampled_from(SHAPES[shape]).flatmap(values)
+    records = st.one_of([values(schema) for schema in SHAPES[shape]])
 
     @CONFORMANCE
     @given(record=records)
@@ -365,7 +395,7 @@ def test_interactions_agree_with_the_openapi_file(shape: str) -> None:
         _agree("interactions", record, seen)
 
     agree()
-    assert seen[True] >= 5 and seen[False] >= 5, seen
+    assert seen[True] >= 10 and seen[False] >= 10, seen
 
 
 @pytest.mark.parametrize("kind", ["products", "users"])
@@ -373,8 +403,8 @@ def test_products_and_users_agree_with_the_openapi_file(kind: Kind) -> None:
     seen: Counter[bool] = Counter()
     schema = COMPONENTS["ProductRecord" if kind == "products" else "UserRecord"]
 
-    @settings(CONFORMANCE, max_examples=150)
-    @given(record=values(schema))
+    @settings(CONFORMANCE, max_examples=100)
+    @given(record=values(schema, odds=30 if kind == "products" else 12))
     def agree(record: Any) -> None:
         _agree(kind, record, seen)
 
@@ -383,25 +413,41 @@ def test_products_and_users_agree_with_the_openapi_file(kind: Kind) -> None:
 
 
 def _one_field_records(kind: Kind) -> st.SearchStrategy[dict[str, Any]]:
-    """A minimal valid record plus one field of the file, drawn with many near misses."""
+    """A minimal valid record plus one field of the file, drawn with many near misses.
+
+    For interactions, half the records hold one field of `context` instead, inside a context.
+    """
     if kind == "interactions":
+        schemas = [_resolve(ref) for ref in INTERACTION_ITEM["anyOf"]]
         bases = [
-            ({"type": _resolve(r)["title"], "custom_action_name": "x"}, _resolve(r))
-            for r in INTERACTION_ITEM["anyOf"]
+            (
+                {"type": s["title"]}
+                | ({"custom_action_name": "x"} if s["title"] == "custom" else {}),
+                s,
+            )
+            for s in schemas
         ]
-        bases = [
-            ({k: v for k, v in base.items() if k in schema["properties"]}, schema)
-            for base, schema in bases
+        context = _resolve(COMPONENTS["WebBasedContext"])
+        nested = [
+            values(sub, odds=5).map(_put({}, field)).map(_put({"type": "like"}, "context"))
+            for field, sub in context["properties"].items()
         ]
     else:
         name = "ProductRecord" if kind == "products" else "UserRecord"
         bases = [({"product_id" if kind == "products" else "user_id": "id-1"}, COMPONENTS[name])]
+        nested = []
     pairs = [
         (base, field, sub) for base, schema in bases for field, sub in schema["properties"].items()
     ]
-    return st.sampled_from(pairs).flatmap(
-        lambda p: values(p[2], odds=5).map(lambda value: {**p[0], p[1]: value})
-    )
+    top = st.one_of([values(sub, odds=5).map(_put(base, field)) for base, field, sub in pairs])
+    if not nested:
+        return top
+    inner = st.one_of(nested)  # flatmap: one_of would flatten both into one list of branches
+    return st.booleans().flatmap(lambda in_context: inner if in_context else top)
+
+
+def _put(base: dict[str, Any], field: str) -> Callable[[Any], dict[str, Any]]:
+    return lambda value: {**base, field: value}
 
 
 @pytest.mark.parametrize("kind", ["interactions", "products", "users"])
@@ -417,6 +463,37 @@ def test_each_field_agrees_with_the_openapi_file(kind: Kind) -> None:
     assert seen[True] >= 30 and seen[False] >= 30, seen
 
 
+FREE_FORM: Mapping[Kind, tuple[dict[str, Any], Callable[[Any], dict[str, Any]]]] = {
+    "interactions": (
+        COMPONENTS["WebBasedContext"]["properties"]["custom_context"],
+        lambda v: {"type": "like", "context": {"custom_context": v}},
+    ),
+    "products": (
+        COMPONENTS["ProductRecord"]["properties"]["custom_attributes"],
+        _put({"product_id": "p"}, "custom_attributes"),
+    ),
+    "users": (
+        COMPONENTS["UserRecord"]["properties"]["custom_attributes"],
+        _put({"user_id": "u"}, "custom_attributes"),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ["interactions", "products", "users"])
+def test_free_form_attributes_agree_with_the_openapi_file(kind: Kind) -> None:
+    """custom_context and custom_attributes: unions of scalars and arrays of one item kind."""
+    seen: Counter[bool] = Counter()
+    schema, wrap = FREE_FORM[kind]
+
+    @settings(CONFORMANCE, max_examples=100)
+    @given(record=values(schema, odds=5).map(wrap))
+    def agree(record: Any) -> None:
+        _agree(kind, record, seen)
+
+    agree()
+    assert seen[True] >= 20 and seen[False] >= 20, seen
+
+
 @CONFORMANCE
 @given(text=st.one_of(date_times(), NEAR_DATE_TIMES))
 def test_timestamps_agree_with_the_date_time_format(text: str) -> None:
@@ -424,6 +501,13 @@ def test_timestamps_agree_with_the_date_time_format(text: str) -> None:
     assert REFERENCE["interactions"].is_valid(record) == (
         RecordValidator("interactions", CONTRACT_ONLY).check(msgspec.json.encode(record)) is None
     )
+
+
+def test_the_union_is_keyed_by_type() -> None:
+    for ref in INTERACTION_ITEM["anyOf"]:
+        schema = _inline(ref)
+        assert "type" in schema["required"]
+        assert schema["properties"]["type"]["enum"] == [schema["title"]]
 
 
 def test_every_interaction_type_of_the_file_is_ours() -> None:
@@ -434,3 +518,8 @@ def test_every_interaction_type_of_the_file_is_ours() -> None:
             _resolve(r) for r in INTERACTION_ITEM["anyOf"] if _resolve(r)["title"] == name
         )
         assert set(cls.__struct_fields__) | {"type"} == set(schema["properties"]), name
+
+
+@pytest.mark.skipif(not SHARED_SPEC.exists(), reason="no shared/ folder beside this checkout")
+def test_the_copy_is_current() -> None:
+    assert SPEC_PATH.read_bytes() == SHARED_SPEC.read_bytes()
