@@ -15,6 +15,7 @@ import os
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -104,9 +105,11 @@ class Block:
     # then replaces len(lines[i]) and the problems' lengths in offset arithmetic.
     raw_lengths: list[int] | None = None
     end: int | None = None  # offset just after the last line, when the reader knows it
+    _sizes: list[int] | None = field(default=None, repr=False)  # cumulative line lengths
 
     def freeze_lengths(self) -> None:
         """Records each line's stored length; call before a transform rewrites `lines`."""
+        self._sizes = None
         if self.raw_lengths is None:
             problems, first = self.problems, self.first
             self.raw_lengths = [
@@ -119,10 +122,12 @@ class Block:
         n = upto - self.first
         if n == len(self.lines) and self.end is not None:
             return self.end
-        if self.raw_lengths is not None:
-            return self.offset + sum(self.raw_lengths[:n]) + n
-        size = sum(map(len, self.lines[:n])) + n
-        size += sum(p.length for i, p in self.problems.items() if i < upto)
+        if self._sizes is None:  # computed once: a block is cut at several places
+            lengths = self.raw_lengths if self.raw_lengths is not None else map(len, self.lines)
+            self._sizes = list(accumulate(lengths, initial=0))
+        size = self._sizes[n] + n
+        if self.raw_lengths is None:
+            size += sum(p.length for i, p in self.problems.items() if i < upto)
         return self.offset + size
 
 

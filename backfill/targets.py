@@ -33,7 +33,7 @@ class Target:
     default_batch: int
 
     def body(self, records: list[bytes]) -> bytes:
-        return self.head + b",".join(records) + self.tail
+        return b"".join((self.head, b",".join(records), self.tail))
 
     @property
     def envelope(self) -> int:
