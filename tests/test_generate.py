@@ -10,7 +10,9 @@ import argparse
 import collections
 import gzip
 import json
+import random
 import zlib
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from backfill.generate import (
     generate,
     load_manifest,
 )
+from backfill.generate.seasonality import allocate, day_weights, minute_counts
 from backfill.schema import RecordValidator, Rules
 
 RECORDS = 20_000
@@ -63,27 +66,34 @@ def run(tmp: Path, **overrides: object) -> GenerateSummary:
     return generate(GenerateConfig(**settings))  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GenerateSummary]:
-    out = tmp_path_factory.mktemp("clean")
-    return out, run(out)
+@dataclass(frozen=True)
+class Run:
+    out: Path
+    summary: GenerateSummary
+    lines: dict[str, list[bytes]]  # interaction file: its lines, read once
+
+
+def generated(out: Path, **overrides: object) -> Run:
+    summary = run(out, **overrides)
+    lines = {f.path: read_lines(out / f.path)[0] for f in summary.interaction_files()}
+    return Run(out, summary, lines)
 
 
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GenerateSummary]:
-    out = tmp_path_factory.mktemp("bad")
-    return out, run(out, bad_fraction=0.05)
+def clean(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return generated(tmp_path_factory.mktemp("clean"))
 
 
-def interaction_lines(out: Path, summary: GenerateSummary) -> dict[str, list[bytes]]:
-    return {f.path: read_lines(out / f.path)[0] for f in summary.interaction_files()}
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return generated(tmp_path_factory.mktemp("bad"), bad_fraction=0.05)
 
 
 # -- a clean run -------------------------------------------------------------------------------
 
 
-def test_clean_run_files_and_counts(clean: tuple[Path, GenerateSummary]) -> None:
-    out, summary = clean
+def test_clean_run_files_and_counts(clean: Run) -> None:
+    out, summary = clean.out, clean.summary
     days = [(date(2026, 6, 1) + timedelta(days=i)).isoformat() for i in range(DAYS)]
     expected = ["products.jsonl.gz", "users.jsonl.gz"]
     expected += [f"interactions-{d}.jsonl.gz" for d in days]
@@ -103,43 +113,35 @@ def test_clean_run_files_and_counts(clean: tuple[Path, GenerateSummary]) -> None
     assert load_manifest(out) == summary
 
 
-def test_clean_run_every_record_is_valid(clean: tuple[Path, GenerateSummary]) -> None:
-    out, summary = clean
-    for kind in ("interactions", "products", "users"):
-        validator = RecordValidator(kind, STRICT)
-        for f in summary.files:
-            if f.kind == kind:
-                lines, _ = read_lines(out / f.path)
-                reasons = {validator.check(line) for line in lines}
-                assert reasons == {None}, f.path
+def test_clean_run_every_record_is_valid(clean: Run) -> None:
+    for f in clean.summary.files:
+        validator = RecordValidator(f.kind, STRICT)
+        lines = clean.lines.get(f.path) or read_lines(clean.out / f.path)[0]
+        assert {validator.check(line) for line in lines} == {None}, f.path
 
 
-def test_clean_run_lines_are_unique_ordered_and_on_their_day(
-    clean: tuple[Path, GenerateSummary],
-) -> None:
-    out, summary = clean
+def test_clean_run_lines_are_unique_ordered_and_on_their_day(clean: Run) -> None:
     seen: set[bytes] = set()
-    for f in summary.interaction_files():
-        lines, _ = read_lines(out / f.path)
-        assert all(not line.endswith(b"\r") and b"\n" not in line for line in lines)
+    for path, lines in clean.lines.items():
+        assert all(not line.endswith(b"\r") for line in lines)
         seen.update(lines)
         stamps = [json.loads(line)["timestamp"] for line in lines]
         assert stamps == sorted(set(stamps))  # strictly increasing within the day
-        day = f.path.removeprefix("interactions-").removesuffix(".jsonl.gz")
+        day = path.removeprefix("interactions-").removesuffix(".jsonl.gz")
         for stamp in stamps:
             assert stamp.startswith(day + "T") and len(stamp) == 24 and stamp.endswith("Z")
             datetime.fromisoformat(stamp)  # millisecond precision, UTC
     assert len(seen) == RECORDS  # no two lines alike: duplicates on a server mean re-sends
 
 
-def test_clean_run_references_the_catalog(clean: tuple[Path, GenerateSummary]) -> None:
-    out, summary = clean
+def test_clean_run_references_the_catalog(clean: Run) -> None:
+    out, summary = clean.out, clean.summary
     products = {json.loads(line)["product_id"] for line in read_lines(out / "products.jsonl.gz")[0]}
     users = {json.loads(line)["user_id"] for line in read_lines(out / "users.jsonl.gz")[0]}
     assert len(products) == summary.products and len(users) == summary.users
     referenced_products: set[str] = set()
     referenced_users: set[str] = set()
-    for lines in interaction_lines(out, summary).values():
+    for lines in clean.lines.values():
         for line in lines:
             record = json.loads(line)
             referenced_products.update(record.get("product_ids", ()))
@@ -149,12 +151,9 @@ def test_clean_run_references_the_catalog(clean: tuple[Path, GenerateSummary]) -
     assert referenced_users <= users
 
 
-def test_clean_run_has_a_realistic_shape(clean: tuple[Path, GenerateSummary]) -> None:
-    out, summary = clean
-    records = [
-        json.loads(line) for lines in interaction_lines(out, summary).values() for line in lines
-    ]
-    sizes = [len(line) + 1 for lines in interaction_lines(out, summary).values() for line in lines]
+def test_clean_run_has_a_realistic_shape(clean: Run) -> None:
+    records = [json.loads(line) for lines in clean.lines.values() for line in lines]
+    sizes = [len(line) + 1 for lines in clean.lines.values() for line in lines]
     assert 320 <= sum(sizes) / len(sizes) <= 400  # the benchmarks assume ~350 bytes a record
 
     types = collections.Counter(r["type"] for r in records)
@@ -193,25 +192,39 @@ def test_clean_run_has_a_realistic_shape(clean: tuple[Path, GenerateSummary]) ->
     assert max(hours.values()) > 3 * min(hours.values())
 
 
-def test_same_seed_same_bytes(tmp_path: Path, clean: tuple[Path, GenerateSummary]) -> None:
-    out, summary = clean
+def test_weekly_and_daily_rhythm() -> None:
+    rng = random.Random(1)
+    start = date(2026, 6, 1)  # a Monday
+    per_day = allocate(1_000_000, day_weights(start, 10 * 7, rng), rng)
+    assert sum(per_day) == 1_000_000 and len(per_day) == 70
+    mondays, saturdays = per_day[0::7], per_day[5::7]
+    assert sum(saturdays) > 1.1 * sum(mondays)
+    minutes = minute_counts(100_000, rng)
+    assert sum(minutes) == 100_000 and len(minutes) == 24 * 60
+    hours = [sum(minutes[h * 60 : (h + 1) * 60]) for h in range(24)]
+    assert hours.index(max(hours)) in range(17, 23) and max(hours) > 3 * min(hours)
+
+
+def test_same_seed_same_bytes(tmp_path: Path, clean: Run) -> None:
+    out, summary = clean.out, clean.summary
     again = run(tmp_path / "again")
     assert again == summary
     for name in [f.path for f in summary.files] + [MANIFEST_NAME]:
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
     header = (out / summary.files[-1].path).read_bytes()[:10]
     assert header[3] == 0 and header[4:8] == b"\0\0\0\0"  # no file name, mtime 0
-    other = run(tmp_path / "other", seed=8)
-    assert other.records == RECORDS
-    last = summary.files[-1].path
-    assert (tmp_path / "other" / last).read_bytes() != (out / last).read_bytes()
+    small = {"records": 1_000, "days": 1, "catalog": False}
+    seven, eight = run(tmp_path / "7", **small), run(tmp_path / "8", seed=8, **small)
+    name = seven.files[0].path
+    assert (tmp_path / "7" / name).read_bytes() != (tmp_path / "8" / name).read_bytes()
+    assert seven.records == eight.records == 1_000
 
 
 # -- a run with defects ------------------------------------------------------------------------
 
 
-def test_bad_run_counts_match_the_files(bad: tuple[Path, GenerateSummary]) -> None:
-    out, summary = bad
+def test_bad_run_counts_match_the_files(bad: Run) -> None:
+    summary = bad.summary
     assert set(summary.defects) == set(DEFECT_KINDS)
     assert summary.records + summary.lost_records == RECORDS
     tagged = collections.Counter(kind for _, _, kind in summary.defect_lines)
@@ -221,8 +234,7 @@ def test_bad_run_counts_match_the_files(bad: tuple[Path, GenerateSummary]) -> No
     for kind in FILE_DEFECTS:
         assert summary.defects[kind] == 1
     for f in summary.interaction_files():
-        lines, _ = read_lines(out / f.path)
-        assert len(lines) == f.records
+        assert len(bad.lines[f.path]) == f.records
         mine = collections.Counter(kind for path, _, kind in summary.defect_lines if path == f.path)
         assert mine == f.defects
         line_defects = sum(n for kind, n in f.defects.items() if kind in LINE_DEFECTS)
@@ -230,15 +242,13 @@ def test_bad_run_counts_match_the_files(bad: tuple[Path, GenerateSummary]) -> No
     assert summary.valid == sum(f.valid for f in summary.interaction_files())
 
 
-def test_every_tagged_line_fails_and_every_other_line_passes(
-    bad: tuple[Path, GenerateSummary],
-) -> None:
-    out, summary = bad
+def test_every_tagged_line_fails_and_every_other_line_passes(bad: Run) -> None:
+    summary = bad.summary
     strict = RecordValidator("interactions", STRICT)
     contract = RecordValidator("interactions", CONTRACT_ONLY)
     tags = {(path, line): kind for path, line, kind in summary.defect_lines}
     checked = collections.Counter[str]()
-    for path, lines in interaction_lines(out, summary).items():
+    for path, lines in bad.lines.items():
         for number, line in enumerate(lines, 1):
             kind = tags.get((path, number))
             if kind is None:
@@ -254,8 +264,8 @@ def test_every_tagged_line_fails_and_every_other_line_passes(
     assert checked == in_lines
 
 
-def test_file_defects_are_what_the_manifest_says(bad: tuple[Path, GenerateSummary]) -> None:
-    out, summary = bad
+def test_file_defects_are_what_the_manifest_says(bad: Run) -> None:
+    out, summary = bad.out, bad.summary
     by_kind = {
         kind: (path, line) for path, line, kind in summary.defect_lines if kind in FILE_DEFECTS
     }
@@ -268,6 +278,8 @@ def test_file_defects_are_what_the_manifest_says(bad: tuple[Path, GenerateSummar
     cut, line = by_kind["truncated_gzip"]
     lines, ended_cleanly = read_lines(out / cut)
     assert not ended_cleanly and line == len(lines) + 1 == files[cut].records + 1
+    inflated = zlib.decompressobj(31).decompress((out / cut).read_bytes())
+    assert not inflated.endswith(b"\n")  # part of line `line` is there: one broken line
     assert files[cut].lost_records > 0
     assert files[cut].recoverable_valid == files[cut].valid
     with pytest.raises(EOFError):
@@ -278,19 +290,14 @@ def test_file_defects_are_what_the_manifest_says(bad: tuple[Path, GenerateSummar
     assert not raw.endswith(b"\n") and line == files[truncated].records == raw.count(b"\n") + 1
 
 
-def test_defects_replace_lines_without_shifting_them(
-    clean: tuple[Path, GenerateSummary], bad: tuple[Path, GenerateSummary]
-) -> None:
-    clean_out, clean_summary = clean
-    bad_out, bad_summary = bad
-    tags = {(path, line) for path, line, _ in bad_summary.defect_lines}
-    clean_lines = interaction_lines(clean_out, clean_summary)
-    for path, lines in interaction_lines(bad_out, bad_summary).items():
-        if path not in clean_lines:
+def test_defects_replace_lines_without_shifting_them(clean: Run, bad: Run) -> None:
+    tags = {(path, line) for path, line, _ in bad.summary.defect_lines}
+    for path, lines in bad.lines.items():
+        if path not in clean.lines:
             continue  # the empty file
         for number, line in enumerate(lines, 1):
             if (path, number) not in tags:
-                assert line == clean_lines[path][number - 1]
+                assert line == clean.lines[path][number - 1]
 
 
 def test_plain_jsonl_has_no_gzip_defect(tmp_path: Path) -> None:
@@ -304,14 +311,13 @@ def test_plain_jsonl_has_no_gzip_defect(tmp_path: Path) -> None:
         assert not (tmp_path / f.path).read_bytes().startswith(b"\x1f\x8b")
 
 
-def test_manifest_is_plain_json(bad: tuple[Path, GenerateSummary]) -> None:
-    out, summary = bad
+def test_manifest_is_plain_json(bad: Run) -> None:
+    out, summary = bad.out, bad.summary
     manifest = json.loads((out / MANIFEST_NAME).read_bytes())
     assert manifest["records"] == summary.records
     assert manifest["defect_kinds"]["missing_identity"] == {"rule_only": True, "per_file": False}
-    assert [summary.files[2].path, 0, "empty_file"] in manifest["defect_lines"] or any(
-        kind == "empty_file" for _, _, kind in manifest["defect_lines"]
-    )
+    empty = next(f.path for f in summary.files if "empty_file" in f.defects)
+    assert [empty, 0, "empty_file"] in manifest["defect_lines"]
     assert msgspec.json.decode((out / MANIFEST_NAME).read_bytes(), type=GenerateSummary) == summary
 
 
@@ -364,3 +370,8 @@ def test_cli_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     args = parser.parse_args([*argv, "--bad-fraction", "2"])
     assert args.func(args) == 2
     assert "--bad-fraction" in capsys.readouterr().err
+
+    (tmp_path / "a-file").write_text("")
+    args = parser.parse_args(["generate", "--out", str(tmp_path / "a-file"), "--records", "10"])
+    assert args.func(args) == 2
+    assert "cannot write to" in capsys.readouterr().err
