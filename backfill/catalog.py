@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from backfill.schema import attribute_type
 from backfill.sources import Block, BlockTransform, Problem, read_blocks
 
 Position = tuple[int, int]  # (file index, line index)
@@ -52,23 +53,6 @@ def _when(value: Any) -> datetime:
     except ValueError:
         return OLDEST
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _type_of(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        first = _type_of(value[0]) if value else None
-        return f"array of {first}s" if first else None
-    return None
 
 
 async def _heads(
@@ -113,7 +97,7 @@ async def prescan(
         ):
             continue
         for name, value in head.custom_attributes.items():
-            kind = _type_of(value)
+            kind = attribute_type(value)
             if kind is None:
                 continue
             seen = types.setdefault(name, (kind, pos))

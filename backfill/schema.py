@@ -987,3 +987,23 @@ def _show(value: Any) -> str:
         return f"a string of {len(value)} characters starting {_show(value[:20])}"
     text = msgspec.json.encode(value).decode()
     return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
+
+
+def attribute_type(value: object) -> str | None:
+    """The type family Miso keeps per key: a scalar and an array of it are the same family."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        if not value:
+            return None
+        first = value[0]
+        return "array of objects" if isinstance(first, dict) else attribute_type(first)
+    return "unknown"

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 import msgspec
 
-from backfill.schema import Kind, miso_error_lines
+from backfill.schema import Kind, attribute_type, miso_error_lines
 
 EntityKind = Literal["products", "users"]
 ID_FIELD: dict[EntityKind, str] = {"products": "product_id", "users": "user_id"}
@@ -214,26 +214,6 @@ class AttributeTypes:
 
     def admit(self, fresh: dict[str, str]) -> None:
         self.known.update(fresh)
-
-
-def attribute_type(value: object) -> str | None:
-    """The type family Miso keeps per key: a scalar and an array of it are the same family."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        if not value:
-            return None
-        first = value[0]
-        return "array of objects" if isinstance(first, dict) else attribute_type(first)
-    return "unknown"
 
 
 def admit_entities(
