@@ -276,6 +276,9 @@ def _feature_parsers() -> list[Any]:
     from backfill.preview import add_parser as add_preview_parser
 
     registers.append(add_preview_parser)
+    from backfill.bench import add_parser as add_bench_parser
+
+    registers.append(add_bench_parser)
     return registers
 
 

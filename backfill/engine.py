@@ -316,6 +316,7 @@ class Engine:
                 lines = block.first + len(block.lines)
                 for batch in builder.feed(block):
                     await self._submit(batch)
+                await asyncio.sleep(0)  # a block is ~1 MiB of validation: let requests run
         except OSError as exc:
             raise InputUnreadable(f"cannot read {source}: {exc.strerror or exc}") from None
         for batch in builder.finish():

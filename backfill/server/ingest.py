@@ -136,6 +136,15 @@ def interactions(body: bytes, records: list[bytes]) -> list[Interaction]:
     return [(head.type or "", head.user_id, raw) for head, raw in zip(heads, records, strict=True)]
 
 
+def counted_interactions(body: bytes) -> list[Interaction]:
+    """Type and user_id of each record, without its bytes: for a store that only counts."""
+    try:
+        heads = _decode(body, _HeadUpload).data
+    except RequestInvalid:
+        return interactions(body, decode_upload(body))  # the slow path words the error
+    return [(head.type or "", head.user_id, b"") for head in heads]
+
+
 def _loose(raw: bytes) -> Interaction:
     try:
         head = msgspec.json.decode(raw, type=_LooseHead)
