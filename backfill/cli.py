@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -22,7 +23,7 @@ import uvloop
 from backfill import __version__
 from backfill.config import DEFAULT_ENDPOINT, Settings, load_secret, load_settings
 from backfill.engine import Engine
-from backfill.errors import EXIT_SIGINT, BackfillError, UsageError
+from backfill.errors import EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
 from backfill.maintenance import diff, read_ids, remote_ids
 from backfill.progress import render_report, write_report
 from backfill.state import reset_state, status_text
@@ -291,14 +292,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    signal.signal(signal.SIGTERM, _terminated)  # until a command installs its own handling
     try:
         return int(args.func(args))
+    except Terminated:
+        print("backfill: terminated", file=sys.stderr)
+        return EXIT_SIGTERM
     except BackfillError as exc:
         print(f"backfill: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("backfill: interrupted", file=sys.stderr)
         return EXIT_SIGINT
+
+
+class Terminated(BaseException):
+    """SIGTERM outside a run's own handling (start-up, prompts): leave like Ctrl-C does."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def entry() -> None:
