@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,11 +137,29 @@ class Checkpoint:
     @classmethod
     async def open(cls, state_dir: Path) -> Checkpoint:
         cp = cls(state_dir)
-        cp._lock()
+        cp.lock()
         await cp._call(cp._connect)
         return cp
 
-    def _lock(self) -> None:
+    @classmethod
+    @contextlib.contextmanager
+    def exclusive(cls, state_dir: Path) -> Iterator[None]:
+        """Holds the state dir's lock without opening the database (to reset it)."""
+        holder = cls(state_dir)
+        holder.lock()
+        try:
+            yield
+        finally:
+            holder.unlock()
+            holder._pool.shutdown(wait=False)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def lock(self) -> None:
+        """One process per state dir: a second one is refused, naming the holder's pid."""
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -174,9 +192,7 @@ class Checkpoint:
             await self._call(self._db.close)
             self._db = None
         self._pool.shutdown(wait=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.unlock()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run on the checkpoint thread. Shielded: once submitted, a write always lands."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -115,8 +116,6 @@ def render_report(report: dict[str, Any]) -> str:
 
 def write_report(path: str, report: dict[str, Any]) -> None:
     """Atomic: a reader never sees half a report."""
-    import os
-
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as fh:
         fh.write(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")

@@ -15,18 +15,13 @@ from backfill.config import Settings
 def reset_state(settings: Settings) -> None:
     """Discards the checkpoint; the old dead-letter file is kept aside, never deleted."""
     state_dir = Path(settings.state_dir)
-    holder = Checkpoint(state_dir)
-    holder._lock()  # refuse while another process uses the dir
-    try:
+    with Checkpoint.exclusive(state_dir):  # refused while another process uses the dir
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(state_dir / f"{DB_NAME}{suffix}")
         dlq = settings.dead_letter_path
         if dlq.exists() and dlq.stat().st_size:
             dlq.rename(dlq.with_name(f"{dlq.name}.{time.strftime('%Y%m%d-%H%M%S')}"))
-    finally:
-        if holder._lock_fd is not None:
-            os.close(holder._lock_fd)
 
 
 def status_text(state_dir: Path) -> str:

@@ -71,3 +71,20 @@ def test_an_unreadable_input_is_a_usage_error(
     )
     assert code == 2
     assert "cannot read input /proc/self/mem: Input/output error" in capsys.readouterr().err
+
+
+async def test_one_process_per_state_dir(tmp_path: Path) -> None:
+    from backfill.checkpoint import Checkpoint
+    from backfill.errors import StateLocked
+    from backfill.state import reset_state
+
+    holder = await Checkpoint.open(tmp_path / "state")
+    try:
+        with pytest.raises(StateLocked, match=r"in use by another backfill process \(pid \d+\)"):
+            await Checkpoint.open(tmp_path / "state")
+        with pytest.raises(StateLocked):
+            reset_state(Settings(state_dir=str(tmp_path / "state")))
+    finally:
+        await holder.close()
+    reset_state(Settings(state_dir=str(tmp_path / "state")))  # free again
+    assert not (tmp_path / "state" / "checkpoint.sqlite").exists()
