@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -68,7 +69,8 @@ class _Body(msgspec.Struct):
     data: object = None
 
 
-def classify(status: int, headers: dict[str, str] | None, payload: bytes) -> Answer:
+def classify(status: int, headers: Mapping[str, str] | None, payload: bytes) -> Answer:
+    """`headers` must look up names case-insensitively (aiohttp's CIMultiDictProxy does)."""
     body = _decode(payload)
     if 200 <= status < 300:
         lines = body.data if body.errors and isinstance(body.data, list) else []
@@ -181,7 +183,7 @@ class MisoClient:
                 params=self._params or None,
             ) as resp:
                 payload = await resp.read()
-                return classify(resp.status, dict(resp.headers), payload)
+                return classify(resp.status, resp.headers, payload)
         except TimeoutError:
             return Retryable("request timed out", ambiguous=True)
         except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent

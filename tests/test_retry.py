@@ -41,3 +41,20 @@ def test_every_answer_is_classified_in_one_place() -> None:
         assert isinstance(answer, Fatal) and isinstance(answer.error, error)
     products = classify(200, {}, b'{"errors":true,"data":["data.1.product_id is invalid. z"]}')
     assert isinstance(products, Accepted) and set(products.errors) == {1}
+
+
+def test_retry_after_any_case_and_http_dates() -> None:
+    from email.utils import formatdate
+
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    lower = CIMultiDictProxy(CIMultiDict({"retry-after": "3"}))
+    assert classify(429, lower, b"") == Retryable("HTTP 429", 3.0)
+    later = CIMultiDictProxy(
+        CIMultiDict({"Retry-After": formatdate(time.time() + 60, usegmt=True)})
+    )
+    answer = classify(503, later, b"")
+    assert isinstance(answer, Retryable) and answer.retry_after is not None
+    assert 50 <= answer.retry_after <= 61
+    junk = CIMultiDictProxy(CIMultiDict({"Retry-After": "soon"}))
+    assert classify(429, junk, b"") == Retryable("HTTP 429", None)
