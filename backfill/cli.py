@@ -122,23 +122,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         reset_state(settings)
     secret = load_secret(settings)
     engine = Engine(settings, secret, command=resume_command(args.argv))
-    report = _run_async(engine.run())
-    print(render_report(report))
-    if settings.report:
-        write_report(settings.report, report)
-    return int(report["exit_code"])
+    return _finish(settings, _run_async(engine.run()))
 
 
 def _confirm_restart(settings: Settings) -> None:
-    if settings.yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError(
-            "--restart discards the checkpoint in " + settings.state_dir + "; add --yes"
-        )
-    answer = input(f"discard the checkpoint in {settings.state_dir} and start over? [y/N] ")
-    if answer.strip().lower() not in ("y", "yes"):
-        raise UsageError("not restarted")
+    if not settings.yes:
+        _confirm(f"discard the checkpoint in {settings.state_dir} and start over?", "--yes")
 
 
 def _run_async(coro: Any) -> Any:

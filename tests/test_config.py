@@ -88,3 +88,16 @@ async def test_one_process_per_state_dir(tmp_path: Path) -> None:
         await holder.close()
     reset_state(Settings(state_dir=str(tmp_path / "state")))  # free again
     assert not (tmp_path / "state" / "checkpoint.sqlite").exists()
+
+
+def test_restart_needs_confirmation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISO_API_KEY", "k")
+    log = tmp_path / "a.jsonl"
+    log.write_text("")
+    state = str(tmp_path / "state")
+    code = main(
+        ["run", str(log), "--state-dir", state, "--restart", "--endpoint", "http://127.0.0.1:9"]
+    )
+    assert code == 2 and "add --yes" in capsys.readouterr().err  # no terminal to ask on
