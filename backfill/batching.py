@@ -19,10 +19,9 @@ from operator import add
 
 from backfill.schema import OUT_OF_WINDOW
 from backfill.sources import Block
+from backfill.targets import target_for
 
-BODY_HEAD = b'{"data":['
-BODY_TAIL = b"]}"
-ENVELOPE_BYTES = len(BODY_HEAD) + len(BODY_TAIL)
+UPLOAD_ENVELOPE = target_for("interactions").envelope  # bytes of a body around its records
 
 
 @dataclass(slots=True)
@@ -47,7 +46,7 @@ class Batch:
     record_lines: list[int] = field(default_factory=list)
     invalid: list[Rejected] = field(default_factory=list)
     filtered: int = 0
-    size: int = ENVELOPE_BYTES  # body bytes if sent as it is
+    size: int = UPLOAD_ENVELOPE  # body bytes if sent as it is
 
     @property
     def key(self) -> tuple[int, int]:
@@ -56,10 +55,6 @@ class Batch:
     @property
     def lines_read(self) -> int:
         return len(self.records) + len(self.invalid) + self.filtered
-
-
-def encode_body(records: list[bytes]) -> bytes:
-    return BODY_HEAD + b",".join(records) + BODY_TAIL
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +80,12 @@ class BatchBuilder:
         *,
         max_records: int,
         max_bytes: int,
+        envelope: int = UPLOAD_ENVELOPE,
         plan: Plan = Plan(),
     ) -> None:
         self.file_id, self.source, self._check = file_id, source, check
         self._max_records, self._max_bytes = max_records, max_bytes
+        self._envelope = envelope
         self._skip = list(plan.skip)
         self._cuts = plan.cuts
         self._events = sorted({s for s, _ in plan.skip} | set(plan.cuts))
@@ -142,7 +139,13 @@ class BatchBuilder:
         return 1 << 62
 
     def _open(self, block: Block, line: int) -> Batch:
-        batch = Batch(self.file_id, self.source, line, start_offset=block.end_offset(line))
+        batch = Batch(
+            self.file_id,
+            self.source,
+            line,
+            start_offset=block.end_offset(line),
+            size=self._envelope,
+        )
         self._batch = batch
         return batch
 

@@ -297,6 +297,7 @@ class Engine:
             self._check,
             max_records=self.s.effective_batch_size,
             max_bytes=self.s.max_batch_bytes,
+            envelope=self._target.envelope,
             plan=f.plan,
         )
         lines = f.start_line

@@ -3,7 +3,7 @@
 Validation is the same whichever way the body is built (the engine decodes every line into the
 contract's Structs in `RecordValidator.check`), so it is timed once, apart, and each way is
 timed from validated records to finished bodies of 10,000 records:
-  * join:    the validated input bytes joined into the body (`batching.encode_body`, the engine);
+  * join:    the validated input bytes joined into the body (`Target.body`, the engine);
   * structs: the Structs that validation decoded, `msgspec.json.encode`d (their decode is
              validation's and not counted here);
   * stdlib:  `json.loads` each line, `json.dumps` the batch (for scale: what a hand-written
@@ -24,8 +24,8 @@ from typing import Any
 
 import msgspec
 
-from backfill.batching import encode_body
 from backfill.schema import INTERACTION_TYPES, RecordValidator, Rules
+from backfill.targets import target_for
 from benchmarks.data import Dataset, inflate
 from benchmarks.report import Section, table
 
@@ -55,7 +55,8 @@ def _validate(lines: list[bytes]) -> list[bytes]:
 
 
 def _join(lines: list[bytes]) -> list[bytes]:
-    return [encode_body(lines[start : start + BATCH]) for start in range(0, len(lines), BATCH)]
+    body = target_for("interactions").body
+    return [body(lines[start : start + BATCH]) for start in range(0, len(lines), BATCH)]
 
 
 _UNION: Any = functools.reduce(operator.or_, INTERACTION_TYPES.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backfill.batching import ENVELOPE_BYTES, BatchBuilder, Plan
+from backfill.batching import UPLOAD_ENVELOPE, BatchBuilder, Plan
 from backfill.schema import OUT_OF_WINDOW
 from backfill.sources import Block, Problem
 
@@ -66,7 +66,7 @@ def test_batches_cover_every_line_once_within_limits(
         assert data[b.start_offset : b.end_offset].count(b"\n") == b.end_line - b.start_line
         assert len(b.records) <= max_records
         assert b.size <= max_bytes or len(b.records) == 1
-        assert b.size == ENVELOPE_BYTES + sum(len(r) + 1 for r in b.records)
+        assert b.size == UPLOAD_ENVELOPE + sum(len(r) + 1 for r in b.records)
         assert all(lines[i] == r for i, r in zip(b.record_lines, b.records, strict=True))
         position, offset = b.end_line, b.end_offset
     if lines:
