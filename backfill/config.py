@@ -120,6 +120,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise UsageError("--since must be earlier than --until")
         if not self.endpoint.startswith(("http://", "https://")):
             raise UsageError(f"--endpoint must be an http(s) URL, got {self.endpoint!r}")
+        # the base URL; "https://api.askmiso.com/v1" is a common way to write it too
+        self.endpoint = self.endpoint.rstrip("/").removesuffix("/v1")
 
 
 def load_settings(config_file: str | None, overrides: dict[str, Any]) -> Settings:

@@ -24,6 +24,15 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     assert (s.endpoint, s.concurrency, s.effective_batch_size) == ("http://127.0.0.1:1", 5, 77)
 
 
+def test_endpoint_is_a_base_url() -> None:
+    for given in (
+        "https://api.askmiso.com",
+        "https://api.askmiso.com/",
+        "https://api.askmiso.com/v1/",
+    ):
+        assert load_settings(None, {"endpoint": given}).endpoint == "https://api.askmiso.com"
+
+
 def test_bad_settings_name_the_setting(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('concurrency = "many"\n')
