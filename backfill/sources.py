@@ -156,17 +156,23 @@ class _Inflater:
             return [data]
         out: list[bytes] = []
         try:
-            while data and not self.broken:
-                self._fed = True
-                out.append(self._d.decompress(data, INFLATE_PIECE))
+            while not self.broken:
+                self._fed = self._fed or bool(data)
+                piece = self._d.decompress(data, INFLATE_PIECE)
+                if piece:
+                    out.append(piece)
                 data = self._d.unconsumed_tail
-                if self._d.eof:
+                if self._d.eof:  # a member ended; another may follow (multi-member gzip)
                     data = self._d.unused_data
                     self._d, self._fed = zlib.decompressobj(wbits=31), False
-                    if data and not data.startswith(GZIP_MAGIC):
+                    if not data:
+                        break
+                    if not (data.startswith(GZIP_MAGIC) or GZIP_MAGIC.startswith(data)):
                         if data.strip(b"\0"):  # NUL padding after the last member is harmless
                             self.broken = "unexpected bytes after the last gzip member"
                         break
+                elif not data and len(piece) < INFLATE_PIECE:
+                    break  # input used up and no output held back by the piece limit
         except zlib.error as exc:
             self.broken = f"corrupt gzip data ({exc}); the rest of the file cannot be read"
         return out
