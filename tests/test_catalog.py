@@ -176,3 +176,18 @@ async def test_diff_reconciles_the_api_with_a_local_catalog(
     assert "missing from the API (load them): 1\n  p3" in out
     assert "only in the API (delete them?): 2\n  x1\n  x2" in out
     assert deletes.read_text() == "x1\nx2\n"
+
+
+async def test_delete_users(tmp_path: Path, server: RunningServer) -> None:
+    rows = [line({"user_id": f"u{i}", "name": f"N{i}"}) for i in range(120)]
+    path = write_lines(tmp_path / "users.jsonl", rows)
+    await run_engine(tmp_path / "up", server.url, server.secret_key, [str(path)], kind="users")
+    gone = tmp_path / "gone.jsonl"
+    gone.write_text("".join(f'{{"user_id": "u{i}"}}\n' for i in range(0, 120, 2)))
+    code, _, err = await cli(
+        server, "delete", "users", "--ids", str(gone), "--yes", "--state-dir", str(tmp_path / "d")
+    )
+    assert code == 0, err
+    assert sorted(stored(server, "users"), key=lambda u: int(u[1:])) == [
+        f"u{i}" for i in range(1, 120, 2)
+    ]
