@@ -137,8 +137,12 @@ class Checkpoint:
     @classmethod
     async def open(cls, state_dir: Path) -> Checkpoint:
         cp = cls(state_dir)
-        cp.lock()
-        await cp._call(cp._connect)
+        try:
+            cp.lock()
+            await cp._call(cp._connect)
+        except (OSError, sqlite3.Error) as exc:
+            await cp.close()
+            raise UsageError(f"cannot use state dir {state_dir}: {exc}") from None
         return cp
 
     @classmethod

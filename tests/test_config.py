@@ -110,3 +110,12 @@ def test_restart_needs_confirmation(
         ["run", str(log), "--state-dir", state, "--restart", "--endpoint", "http://127.0.0.1:9"]
     )
     assert code == 2 and "add --yes" in capsys.readouterr().err  # no terminal to ask on
+
+
+async def test_an_unusable_state_dir_is_a_usage_error(tmp_path: Path) -> None:
+    from backfill.checkpoint import Checkpoint
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UsageError, match=r"cannot use state dir .*file/state"):
+        await Checkpoint.open(blocker / "state")
