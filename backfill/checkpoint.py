@@ -83,6 +83,10 @@ class FileState:
     def done(self) -> bool:
         return self.lines is not None and self.start_line >= self.lines
 
+    def settled(self, line: int) -> bool:
+        """Is this 0-based line in a range the checkpoint holds as delivered (or skipped)?"""
+        return self.done or line < self.start_line or any(s <= line < e for s, e in self.plan.skip)
+
 
 @dataclass(frozen=True, slots=True)
 class AmbiguousRange:
@@ -131,6 +135,7 @@ class Checkpoint:
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self.leg = 0
+        self.previous_leg_crashed = False  # the last leg never recorded its end (kill -9)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -234,6 +239,8 @@ class Checkpoint:
                 f"state dir {self.state_dir} holds a {previous.get('kind')} load; this run is "
                 f"{settings_fp.get('kind')}: use another --state-dir or --restart"
             )
+        last = db.execute("SELECT exit_code FROM legs ORDER BY id DESC LIMIT 1").fetchone()
+        self.previous_leg_crashed = last is not None and last[0] is None
         now = time.time()
         cur = db.execute("INSERT INTO legs (started, last_seen) VALUES (?, ?)", (now, now))
         self.leg = int(cur.lastrowid or 0)

@@ -4,14 +4,15 @@ JSON lines, appended across legs of a run, never truncated:
   {"source": "logs/day1.jsonl.gz", "line": 12, "stage": "client", "reason": "...",
    "record": "<the original line>"}
 `stage` is "client" (our validation) or "server" (the API refused it, with its message).
-Entries are written before their batch is recorded in the checkpoint; a resume that re-sends
-an ambiguous batch therefore suppresses the entries that batch already wrote.
+Entries are written before their batch is marked in flight in the checkpoint, so a crash can
+never lose one; a resume that reads such lines again (an ambiguous batch, or one caught by a
+kill -9 between the two writes) suppresses the entries they already have.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
@@ -71,10 +72,10 @@ class DeadLetterFile:
         self._fh.close()
 
 
-def entries_in(path: Path, ranges: dict[str, list[tuple[int, int]]]) -> set[tuple[str, int]]:
-    """(source, line) of existing entries inside the given 0-based [start, end) line ranges."""
+def entries_in(path: Path, unsettled: Callable[[str, int], bool]) -> set[tuple[str, int]]:
+    """(source, line) of existing entries for lines the resume reads again."""
     found: set[tuple[str, int]] = set()
-    if not ranges or not path.exists():
+    if not path.exists():
         return found
     decoder = msgspec.json.Decoder(Entry)
     with open(path, "rb") as fh:
@@ -83,9 +84,8 @@ def entries_in(path: Path, ranges: dict[str, list[tuple[int, int]]]) -> set[tupl
                 entry = decoder.decode(raw)
             except msgspec.MsgspecError:
                 continue  # a torn last line from a crash: it will be written again
-            for start, end in ranges.get(entry.source, ()):
-                if start < entry.line <= end:
-                    found.add((entry.source, entry.line))
+            if unsettled(entry.source, entry.line):
+                found.add((entry.source, entry.line))
     return found
 
 

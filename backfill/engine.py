@@ -134,7 +134,8 @@ class Engine:
         reread = stopped if self.s.ambiguous == "resend" else [a for a in stopped if not a.sent]
         await cp.plan_files(files, reread)
         self._announce_resume(files, ambiguous)
-        self._dlq = DeadLetterFile(self.s.dead_letter_path, self._suppressed(reread))
+        suppress = self._suppressed(files) if reread or cp.previous_leg_crashed else set()
+        self._dlq = DeadLetterFile(self.s.dead_letter_path, suppress)
         self._cp = cp
         self.stats.bytes_total = sum(fp.size for _, fp in prints)
         self.stats.bytes_done = sum(
@@ -179,14 +180,16 @@ class Engine:
         for line in lines:
             print(line, file=self.out)
 
-    def _suppressed(self, reread: list[AmbiguousRange]) -> set[tuple[str, int]]:
-        """Dead letters that ranges read again already wrote (before they were sent)."""
-        if not reread:
-            return set()
-        ranges: dict[str, list[tuple[int, int]]] = {}
-        for a in reread:
-            ranges.setdefault(a.source, []).append((a.start_line, a.end_line))
-        return entries_in(self.s.dead_letter_path, ranges)
+    def _suppressed(self, files: list[FileState]) -> set[tuple[str, int]]:
+        """Dead letters already written for lines this leg reads again (dead letters are
+        written before their batch is marked in flight, so an unsettled range may have some)."""
+        by_source = {str(f.path): f for f in files}
+
+        def unsettled(source: str, line: int) -> bool:
+            f = by_source.get(source)
+            return f is not None and not f.settled(line - 1)
+
+        return entries_in(self.s.dead_letter_path, unsettled)
 
     # -- pipeline and shutdown -------------------------------------------------------------
 

@@ -275,3 +275,28 @@ async def test_the_key_is_never_written(tmp_path: Path, server: RunningServer, c
         if f.is_file():
             assert key.encode() not in f.read_bytes(), f
     assert Counter(numbers(server.records("interactions"))) == Counter(range(500))
+
+
+async def test_dead_letters_of_a_batch_caught_by_a_crash_are_not_written_twice(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """kill -9 between a batch's dead-letter write and its in-flight mark leaves entries for
+    lines the checkpoint does not hold; the resume reads them again and must not repeat them."""
+    import sqlite3
+
+    rows = [line(interaction(i)) for i in range(300)]
+    path = write_lines(tmp_path / "a.jsonl", [*rows[:100], b"{broken", *rows[100:]])
+    await run_engine(tmp_path, server.url, server.secret_key, [str(path)], batch_size=100)
+    dead = tmp_path / "state" / "dead-letter.jsonl"
+    assert [e["line"] for e in dead_letters(dead)] == [101]
+    # the state such a crash leaves: the entry is written, the batch and the leg's end are not
+    db = sqlite3.connect(tmp_path / "state" / "checkpoint.sqlite")
+    with db:
+        db.execute("DELETE FROM batches WHERE start_line <= 100 AND end_line > 100")
+        db.execute("UPDATE legs SET exit_code = NULL")
+    db.close()
+    await server.reset()
+    report = await run_engine(tmp_path, server.url, server.secret_key, [str(path)], batch_size=100)
+    assert [e["line"] for e in dead_letters(dead)] == [101]
+    assert len(server.records("interactions")) == 100  # only the lost range, again
+    assert report["records_invalid"] == 1 and report["records_accepted"] == 300
