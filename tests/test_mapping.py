@@ -646,16 +646,21 @@ def config_settings(name: str) -> dict[str, Any]:
     return {"mapping": table["mapping"], "config_file": str(path)}
 
 
-async def test_ecommerce_csv_sample_loads_exactly(tmp_path: Path, server: RunningServer) -> None:
-    sample = CONFIGS / "samples" / "ecommerce-events.csv"
+async def load_sample(
+    tmp_path: Path, server: RunningServer, sample: str, config: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Loads a shipped sample with its shipped config: (report, records the server stored)."""
+    path = CONFIGS / "samples" / sample
     report = await run_engine(
-        tmp_path,
-        server.url,
-        server.secret_key,
-        [str(sample)],
-        **config_settings("mapping-ecommerce-csv.toml"),
+        tmp_path, server.url, server.secret_key, [str(path)], **config_settings(config)
     )
-    stored = [json.loads(r) for r in server.records("interactions")]
+    return report, [json.loads(r) for r in server.records("interactions")]
+
+
+async def test_ecommerce_csv_sample_loads_exactly(tmp_path: Path, server: RunningServer) -> None:
+    report, stored = await load_sample(
+        tmp_path, server, "ecommerce-events.csv", "mapping-ecommerce-csv.toml"
+    )
     assert report["exit_code"] == 0
     assert (report["records_read"], report["records_accepted"]) == (18, 16)
     assert (report["records_invalid"], report["records_filtered"]) == (1, 1)
@@ -699,15 +704,9 @@ async def test_ecommerce_csv_sample_loads_exactly(tmp_path: Path, server: Runnin
 
 
 async def test_segment_jsonl_sample_loads_exactly(tmp_path: Path, server: RunningServer) -> None:
-    sample = CONFIGS / "samples" / "segment-events.jsonl"
-    report = await run_engine(
-        tmp_path,
-        server.url,
-        server.secret_key,
-        [str(sample)],
-        **config_settings("mapping-segment-jsonl.toml"),
+    report, stored = await load_sample(
+        tmp_path, server, "segment-events.jsonl", "mapping-segment-jsonl.toml"
     )
-    stored = [json.loads(r) for r in server.records("interactions")]
     assert (report["records_read"], report["records_accepted"]) == (9, 6)
     assert (report["records_invalid"], report["records_filtered"]) == (1, 2)
     assert [(r["type"], r.get("custom_action_name")) for r in stored] == [
