@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS ambiguous (
 );
 CREATE TABLE IF NOT EXISTS legs (
     id INTEGER PRIMARY KEY, started REAL NOT NULL, last_seen REAL NOT NULL,
-    exit_code INTEGER, error TEXT
+    exit_code INTEGER, error TEXT,
+    requests INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0  -- of the leg so far
 );
 """
 
@@ -373,8 +374,10 @@ class Checkpoint:
         counts: tuple[int, int, int],
         outcome: tuple[int, int, int, int],
         retried_ambiguous: int = 0,
+        leg: tuple[int, int] = (0, 0),
     ) -> None:
-        """After the answer: outcome is (accepted, rejected, requests, retries).
+        """After the answer: outcome is (accepted, rejected, requests, retries); `leg` is
+        (requests, retries) of the whole leg so far, failed batches included.
 
         `retried_ambiguous` > 0: an attempt was lost after it may have been stored and a
         retry then succeeded, so that many records may be stored twice; the range is
@@ -386,7 +389,10 @@ class Checkpoint:
                 "VALUES (?, ?, ?, ?, ?, 'acked', ?, ?, ?, ?, ?, ?, ?)",
                 (*key, *span, *counts, *outcome),
             ),
-            ("UPDATE legs SET last_seen=? WHERE id=?", (time.time(), self.leg)),
+            (
+                "UPDATE legs SET last_seen=?, requests=?, retries=? WHERE id=?",
+                (time.time(), *leg, self.leg),
+            ),
         ]
         if retried_ambiguous:
             statements.append(
@@ -410,13 +416,15 @@ class Checkpoint:
             [("UPDATE files SET lines=?, warning=? WHERE id=?", (lines, warning, file_id))],
         )
 
-    async def end_leg(self, exit_code: int, error: str | None) -> None:
+    async def end_leg(self, exit_code: int, error: str | None, leg: tuple[int, int]) -> None:
+        """`leg`: (requests, retries) of this leg."""
         await self._call(
             self._tx,
             [
                 (
-                    "UPDATE legs SET last_seen=?, exit_code=?, error=? WHERE id=?",
-                    (time.time(), exit_code, error, self.leg),
+                    "UPDATE legs SET last_seen=?, exit_code=?, error=?, requests=?, retries=? "
+                    "WHERE id=?",
+                    (time.time(), exit_code, error, *leg, self.leg),
                 )
             ],
         )
@@ -434,8 +442,8 @@ def read_totals(db: sqlite3.Connection) -> Totals:
     t = Totals()
     row = db.execute(
         "SELECT COALESCE(SUM(records),0), COALESCE(SUM(invalid),0), COALESCE(SUM(filtered),0), "
-        "COALESCE(SUM(accepted),0), COALESCE(SUM(rejected),0), COALESCE(SUM(requests),0), "
-        "COALESCE(SUM(retries),0), COUNT(*) FROM batches WHERE state='acked'"
+        "COALESCE(SUM(accepted),0), COALESCE(SUM(rejected),0), COUNT(*) "
+        "FROM batches WHERE state='acked'"
     ).fetchone()
     (
         t.records_valid,
@@ -443,8 +451,6 @@ def read_totals(db: sqlite3.Connection) -> Totals:
         t.records_filtered,
         t.records_accepted,
         t.records_rejected_by_server,
-        t.requests,
-        t.retries,
         t.batches_acked,
     ) = row
     row = db.execute(
@@ -458,8 +464,13 @@ def read_totals(db: sqlite3.Connection) -> Totals:
     t.possibly_duplicated = db.execute(
         "SELECT COALESCE(SUM(records),0) FROM ambiguous WHERE resolution IN ('resent', 'retried')"
     ).fetchone()[0]
-    row = db.execute("SELECT COALESCE(SUM(last_seen - started),0), COUNT(*) FROM legs").fetchone()
+    row = db.execute(
+        "SELECT COALESCE(SUM(last_seen - started),0), COUNT(*), COALESCE(SUM(requests),0), "
+        "COALESCE(SUM(retries),0) FROM legs"
+    ).fetchone()
     t.duration_s, t.legs = float(row[0]), int(row[1])
+    # every request and retry of every leg, those of batches never acknowledged included
+    t.requests, t.retries = int(row[2]), int(row[3])
     t.files_total = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
     return t
 

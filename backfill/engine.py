@@ -148,7 +148,7 @@ class Engine:
             self._fail(exc)
         finally:
             self._dlq.close()
-        await cp.end_leg(self.exit_code, self.error)
+        await cp.end_leg(self.exit_code, self.error, self._leg_counts())
         return self._report(await cp.totals(), await cp.ambiguous_ranges())
 
     def _settings_fingerprint(self) -> dict[str, Any]:
@@ -332,6 +332,9 @@ class Engine:
             self._warn(f"{source}: {warning}")
         await self._cp.mark_file_read(f.id, lines, warning)
 
+    def _leg_counts(self) -> tuple[int, int]:
+        return (self.stats.requests, self.stats.retries)
+
     def _file_index(self, path: Path) -> int:
         return self._paths[path]
 
@@ -347,7 +350,7 @@ class Engine:
             await self._queue.put(batch)
             return
         self._dlq.write(batch.source, batch.invalid)  # nothing to send: settle it here
-        await self._cp.mark_acked(*self._row(batch), (0, 0, 0, 0))
+        await self._cp.mark_acked(*self._row(batch), (0, 0, 0, 0), leg=self._leg_counts())
 
     def _check_invalid_ratio(self) -> None:
         s, window = self.stats, self.s.invalid_ratio_window
@@ -399,7 +402,9 @@ class Engine:
         if d.rejected or batch.invalid:
             self._dlq.sync()
         outcome = (d.accepted, len(d.rejected), d.requests, d.retries)
-        await self._cp.mark_acked(key, span, counts, outcome, d.accepted * d.ambiguous)
+        await self._cp.mark_acked(
+            key, span, counts, outcome, d.accepted * d.ambiguous, leg=self._leg_counts()
+        )
         self.stats.records_accepted += d.accepted
         self.stats.records_rejected += len(d.rejected)
 
@@ -457,6 +462,7 @@ class Engine:
         """One part, with retries for what is retryable."""
         if self.s.dry_run:
             d.requests += 1
+            self.stats.requests += 1
             return Accepted()
         body = self._target.body(records)
         started = time.monotonic()
