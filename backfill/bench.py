@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, cast
 
-import aiohttp
+import msgspec
 import uvloop
 
-from backfill.client import Accepted, Fatal, MisoClient, Retryable
+from backfill.client import Accepted, Fatal, Request, Retryable, describe
 from backfill.config import Secret, Settings, load_secret, load_settings
+from backfill.delivery import ConcurrencyLimit, Service, open_client
 from backfill.errors import NeedsUser, UsageError
 from backfill.mapping import build_transform
 from backfill.schema import OUT_OF_WINDOW, RecordValidator
@@ -267,26 +268,15 @@ async def sweep(
     seconds: float,
 ) -> list[Point]:
     """Every setting in turn, on one keep-alive session sized for the largest concurrency."""
-    connector = aiohttp.TCPConnector(limit=max(concurrency))
-    timeout = aiohttp.ClientTimeout(
-        total=settings.request_timeout, sock_connect=settings.connect_timeout
-    )
     points: list[Point] = []
     target = target_for(settings.kind)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        client = MisoClient(
-            session,
-            settings.endpoint,
-            target.path,
-            secret,
-            method=target.method,
-            key_in_query=settings.key_in_query,
-            server_dry_run=True,  # always: a benchmark must never store anything
-        )
+    sized = msgspec.structs.replace(settings, concurrency=max(concurrency))
+    # always dry_run=1: a benchmark must never store anything
+    async with open_client(sized, secret, target, server_dry_run=True) as client:
         for size in batch_sizes:
             bodies = _bodies(target, records, size)
             for c in concurrency:
-                point = await measure(client, bodies, c, seconds)
+                point = await measure(ConcurrencyLimit(client, c), bodies, c, seconds)
                 points.append(point)
                 print(
                     f"  concurrency {c:>4}, batch {size:>6,}: {point.rate:>12,.0f} records/s",
@@ -307,29 +297,30 @@ def _bodies(target: Target, records: list[bytes], size: int) -> list[tuple[bytes
 
 
 async def measure(
-    client: MisoClient, bodies: list[tuple[bytes, int]], concurrency: int, seconds: float
+    service: Service, bodies: list[tuple[bytes, int]], concurrency: int, seconds: float
 ) -> Point:
-    """`concurrency` workers send bodies for `seconds`, after one warm-up request each."""
+    """`concurrency` workers send bodies for `seconds`, after one warm-up request each.
+
+    Each request is one attempt through the same service a run uses (no retry: an error is
+    counted, and a throttled worker pauses as the server asks)."""
     turn = itertools.count()
     point = Point(concurrency, bodies[0][1], 0, 0, 0.0, [])
 
     async def send(record: bool) -> None:
         body, n = bodies[next(turn) % len(bodies)]
         started = time.perf_counter()
-        answer = await client.post(body)
+        answer = await service.send(Request(body, n))
+        if isinstance(answer, Fatal):
+            raise answer.error
         if not record:
-            if isinstance(answer, Fatal):
-                raise answer.error
             return
         point.latencies.append(time.perf_counter() - started)
         point.requests += 1
         if isinstance(answer, Accepted) and not answer.errors:
             point.records += n
             return
-        if isinstance(answer, Fatal):
-            raise answer.error
         point.errors += 1
-        point.first_error = point.first_error or _describe(answer)
+        point.first_error = point.first_error or describe(answer)
         if isinstance(answer, Retryable):
             await asyncio.sleep(answer.retry_after or THROTTLE_PAUSE)
 
@@ -349,17 +340,6 @@ async def measure(
         raise group.exceptions[0] from None
     point.seconds = time.perf_counter() - started
     return point
-
-
-def _describe(answer: object) -> str:
-    for name in ("reason", "message"):
-        text = getattr(answer, name, None)
-        if isinstance(text, str):
-            return text
-    errors = getattr(answer, "errors", None)
-    if isinstance(errors, dict) and errors:
-        return str(next(iter(errors.values())))
-    return type(answer).__name__
 
 
 def recommend(points: Sequence[Point]) -> Point | None:

@@ -1,8 +1,8 @@
 """One HTTP call to the Miso API and the classification of its answer, in one place.
 
 Every status code the contract knows (and the undocumented ones a robust client must
-expect) is mapped here to an `Answer`; the engine acts on the answer's type and never looks
-at status codes itself.
+expect) is mapped here to an `Answer`; backfill.delivery acts on the answer's type and never
+looks at status codes itself. A 2xx is an acknowledgement only in Miso's words.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class Accepted:
 
     errors: dict[int, str] = field(default_factory=dict)
     task_id: str | None = None
+    data: object = field(default=None, compare=False)  # the answer's `data`, as decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,34 +59,55 @@ class Fatal:
     error: NeedsUser
 
 
+@dataclass(frozen=True, slots=True)
+class NotFound(Fatal):
+    """404: fatal for an upload (a wrong --endpoint), "not known yet" for a task status."""
+
+
 Answer = Accepted | SchemaRejected | TooLarge | Retryable | Fatal
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+SUCCESS_MESSAGES = frozenset({"success", "deleted"})
+DEFAULT_KEY_SOURCE = "$MISO_API_KEY"
 
 
 class _Body(msgspec.Struct):
     message: str | None = None
-    errors: bool = False
+    errors: bool | msgspec.UnsetType = msgspec.UNSET
     data: object = None
 
 
-def classify(status: int, headers: Mapping[str, str] | None, payload: bytes) -> Answer:
-    """`headers` must look up names case-insensitively (aiohttp's CIMultiDictProxy does)."""
-    body = _decode(payload)
+def classify(
+    status: int,
+    headers: Mapping[str, str] | None,
+    payload: bytes,
+    *,
+    key_source: str = DEFAULT_KEY_SOURCE,
+) -> Answer:
+    """`headers` must look up names case-insensitively (aiohttp's CIMultiDictProxy does).
+
+    `key_source` says where the key came from ("$MISO_API_KEY", "--api-key-file k.txt"), so
+    a 401 points at what to fix; the key itself is never part of an answer.
+    """
+    headers = headers or {}
     if 200 <= status < 300:
-        lines = body.data if body.errors and isinstance(body.data, list) else []
-        return Accepted(errors=_indexed(lines), task_id=_task_id(body.data))
+        return _success(status, headers, payload)
+    if 300 <= status < 400:
+        return Fatal(ServerRefused(_redirect_message(status, headers)))
+    body = _decode(payload) or _Body()
     if status == 422:
         lines = body.data if isinstance(body.data, list) else []
         return SchemaRejected(_indexed(lines), body.message or _snippet(payload))
     if status == 413:
         return TooLarge()
     if status in RETRY_STATUSES:
-        return Retryable(f"HTTP {status}", _retry_after((headers or {}).get("Retry-After")))
+        return Retryable(f"HTTP {status}", _retry_after(headers.get("Retry-After")))
     if status == 400 and b"timeout" in payload.lower():
         return Retryable("HTTP 400 request timeout")  # Miso's own server-side timeout
     if status == 401:
-        return Fatal(AuthRefused("the API key was refused (HTTP 401): check MISO_API_KEY"))
+        return Fatal(
+            AuthRefused(f"the API key was refused (HTTP 401): check the key in {key_source}")
+        )
     if status == 403:
         return Fatal(
             KeyForbidden(
@@ -93,14 +115,63 @@ def classify(status: int, headers: Mapping[str, str] | None, payload: bytes) -> 
                 "only works from a browser; use the environment's secret key"
             )
         )
-    return Fatal(ServerRefused(f"the server answered HTTP {status}: {_snippet(payload)}"))
+    refused = ServerRefused(f"the server answered HTTP {status}: {_snippet(payload)}")
+    return NotFound(refused) if status == 404 else Fatal(refused)
 
 
-def _decode(payload: bytes) -> _Body:
+def _success(status: int, headers: Mapping[str, str], payload: bytes) -> Answer:
+    """A 2xx acknowledges only in Miso's words: anything else (a proxy's or a login page's
+    HTML, an empty body, JSON of another shape) may or may not have stored the batch, so it
+    is a failed attempt that may have been stored (ambiguous), retried like a lost answer."""
+    body = _decode(payload)
+    if body is None or not (
+        body.message in SUCCESS_MESSAGES
+        or (isinstance(body.errors, bool) and isinstance(body.data, list))
+    ):
+        return Retryable(_not_miso(status, headers, payload), ambiguous=True)
+    lines = body.data if body.errors is True and isinstance(body.data, list) else []
+    return Accepted(errors=_indexed(lines), task_id=_task_id(body.data), data=body.data)
+
+
+def _not_miso(status: int, headers: Mapping[str, str], payload: bytes) -> str:
+    kind = headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
+    if "html" in kind:
+        hint = "is a proxy or a login page in the way?"
+    elif not payload.strip():
+        hint = "an empty body, not Miso's answer"
+    else:
+        hint = f"not Miso's answer: {_snippet(payload, 120)}"
+    return f"{status} {kind}: {hint}"
+
+
+def _redirect_message(status: int, headers: Mapping[str, str]) -> str:
+    location = headers.get("Location") or "(no Location)"
+    return (
+        f"the server answered HTTP {status} redirecting to {location}: backfill never follows "
+        "redirects (the key would leave for another origin); check --endpoint"
+    )
+
+
+def describe(answer: Answer) -> str:
+    """One line for a person: what this answer was."""
+    if isinstance(answer, Retryable):
+        return answer.reason
+    if isinstance(answer, SchemaRejected):
+        return answer.message
+    if isinstance(answer, TooLarge):
+        return "HTTP 413: the body is too large for the server"
+    if isinstance(answer, Fatal):
+        return str(answer.error)
+    if answer.errors:
+        return next(iter(answer.errors.values()))
+    return "accepted"
+
+
+def _decode(payload: bytes) -> _Body | None:
     try:
         return msgspec.json.decode(payload, type=_Body)
     except (msgspec.DecodeError, UnicodeDecodeError):
-        return _Body()
+        return None
 
 
 def _indexed(lines: list[object]) -> dict[int, str]:
@@ -140,8 +211,21 @@ def _snippet(payload: bytes, limit: int = 300) -> str:
 # -- the call ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One body on its way; `records` lets a layer weigh it (a rate cap counts records)."""
+
+    body: bytes
+    records: int
+
+
 class MisoClient:
-    """POSTs bodies to one endpoint with the key in a header (or, on request, the query)."""
+    """Sends bodies to one endpoint with the key in a header (or, on request, the query).
+
+    Redirects are never followed: aiohttp would turn a POST into a bodiless GET on 302/303
+    and re-send the body and the key to another origin on 307/308. A 3xx is classified as
+    fatal instead, naming its Location.
+    """
 
     def __init__(
         self,
@@ -160,11 +244,12 @@ class MisoClient:
         self._url = self._base + path
         self._secret = secret
         self._headers = {"Content-Type": "application/json"}
-        self._params: dict[str, str] = {}
+        self._key_params: dict[str, str] = {}
         if key_in_query:
-            self._params["api_key"] = secret.reveal()
+            self._key_params["api_key"] = secret.reveal()
         else:
             self._headers["X-API-KEY"] = secret.reveal()
+        self._params = dict(self._key_params)
         if server_dry_run:
             self._params["dry_run"] = "1"
 
@@ -173,17 +258,28 @@ class MisoClient:
         """The URL without any key: safe to print."""
         return self._url
 
-    async def post(self, body: bytes) -> Answer:
+    async def send(self, request: Request) -> Answer:
+        """The Service of backfill.delivery: one attempt at one body."""
+        return await self._call(self._method, self._url, request.body, self._params)
+
+    async def fetch(self, path: str) -> Answer:
+        """GET a path of the API (a task status, the id listing), classified the same way."""
+        return await self._call("GET", self._base + path, None, self._key_params)
+
+    async def _call(
+        self, method: str, url: str, body: bytes | None, params: dict[str, str]
+    ) -> Answer:
         try:
             async with self._session.request(
-                self._method,
-                self._url,
+                method,
+                url,
                 data=body,
                 headers=self._headers,
-                params=self._params or None,
+                params=params or None,
+                allow_redirects=False,
             ) as resp:
                 payload = await resp.read()
-                return classify(resp.status, resp.headers, payload)
+                return classify(resp.status, resp.headers, payload, key_source=self._secret.source)
         except TimeoutError:
             return Retryable("request timed out", ambiguous=True)
         except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
@@ -191,16 +287,3 @@ class MisoClient:
         except (aiohttp.ClientError, OSError) as exc:
             reason = f"connection lost: {type(exc).__name__}: {exc}"
             return Retryable(self._secret.redact(reason), ambiguous=True)
-
-    async def task_errors(self, kind: str, task_id: str) -> dict[int, str] | None:
-        """Per-record errors of a product/user upload task; None while it is not known yet."""
-        url = f"{self._base}/v1/{kind}/_status/{task_id}"
-        params = {k: v for k, v in self._params.items() if k == "api_key"} or None
-        try:
-            async with self._session.get(url, headers=self._headers, params=params) as resp:
-                if resp.status != 200:
-                    return None
-                body = _decode(await resp.read())
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            return None
-        return _indexed(body.data if isinstance(body.data, list) else [])

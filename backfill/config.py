@@ -56,6 +56,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     until: datetime | None = None
     max_invalid_ratio: float = 0.5
     invalid_ratio_window: int = 10_000
+    max_rejected_ratio: float = 0.5  # of the records sent, refused by the server: stop above
+    rejected_ratio_window: int = 1_000  # records sent before that share is judged
     # resume and shutdown
     ambiguous: Literal["resend", "skip"] = "resend"
     drain_timeout: float = 30.0
@@ -113,6 +115,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise UsageError(
                 f"max_invalid_ratio must be between 0 and 1, got {self.max_invalid_ratio}"
             )
+        if not 0.0 <= self.max_rejected_ratio <= 1.0:
+            raise UsageError(
+                f"max_rejected_ratio must be between 0 and 1, got {self.max_rejected_ratio}"
+            )
         for name, moment in (("since", self.since), ("until", self.until)):
             if moment is not None and moment.tzinfo is None:
                 raise UsageError(f"--{name} needs a time zone, e.g. 2026-06-01T00:00:00Z")
@@ -163,12 +169,14 @@ def _plain_path(message: str) -> str:
 
 
 class Secret:
-    """The API key. Its repr and str never reveal it; only `reveal()` does, at the wire."""
+    """The API key. Its repr and str never reveal it; only `reveal()` does, at the wire.
+    `source` says where it came from ("$MISO_API_KEY"), for messages that must name it."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "source")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, source: str = "$MISO_API_KEY") -> None:
         self._value = value
+        self.source = source
 
     def reveal(self) -> str:
         return self._value
@@ -190,11 +198,11 @@ def load_secret(settings: Settings, environ: dict[str, str] | None = None) -> Se
             key = Path(settings.api_key_file).read_text(encoding="utf-8").strip().splitlines()[0]
         except (OSError, IndexError):
             raise UsageError(f"cannot read an API key from {settings.api_key_file}") from None
-        return Secret(key.strip())
+        return Secret(key.strip(), f"--api-key-file {settings.api_key_file}")
     key = env.get(settings.api_key_env, "").strip()
     if not key and not settings.dry_run:
         raise UsageError(
             f"no API key: set the environment variable {settings.api_key_env} "
             "(or --api-key-file PATH) to your Miso secret key"
         )
-    return Secret(key)
+    return Secret(key, f"${settings.api_key_env}")

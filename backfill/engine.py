@@ -1,14 +1,15 @@
 """Wiring the pipeline: reader -> bounded queue -> N workers -> checkpoint, and shutdown.
 
     reader task ──Batch──> asyncio.Queue(maxsize=concurrency) ──> worker x concurrency
-      (read, validate,                                            (inflight, POST with retry,
-       batch; one file                                             split/drop on 413/422,
+      (read, validate,                                            (inflight, the batch's
+       batch; one file                                             journey in delivery.py,
        after another)                                              dead letters, acked)
 
 Memory is bounded by `2 x concurrency` batches. Every task is owned by one TaskGroup.
-A stop (signal, fatal answer, too many invalid records) stops the reader at once, lets
-requests in flight finish for `drain_timeout` seconds, then cancels them; whatever was
-cancelled stays `inflight` in the checkpoint and is handled as ambiguous on resume.
+A stop (signal, fatal answer, too many invalid records) stops the reader and every retry
+backoff at once, lets requests in flight finish for `drain_timeout` seconds, then cancels
+them; whatever was cancelled stays `inflight` in the checkpoint and is handled as ambiguous
+on resume.
 """
 
 from __future__ import annotations
@@ -20,28 +21,26 @@ import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import aiohttp
 import msgspec
 
 from backfill import __version__
-from backfill.batching import Batch, BatchBuilder, Rejected
+from backfill.batching import Batch, BatchBuilder
 from backfill.catalog import CatalogMarks, CatalogPlan, prescan
 from backfill.checkpoint import AmbiguousRange, Checkpoint, FileState, Totals
-from backfill.client import Accepted, Answer, Fatal, MisoClient, Retryable, SchemaRejected, TooLarge
 from backfill.config import Secret, Settings
 from backfill.deadletter import DeadLetterFile, entries_in
+from backfill.delivery import Delivery, Sender, open_sender
 from backfill.errors import (
     EXIT_OK,
     EXIT_SIGINT,
     EXIT_SIGTERM,
+    Abandoned,
     BackfillError,
     InputUnreadable,
     NeedsUser,
-    RetriesExhausted,
     TooManyInvalid,
     UsageError,
 )
@@ -53,19 +52,6 @@ from backfill.sources import BlockTransform, Fingerprint, discover, fingerprint,
 from backfill.targets import ID_FIELD, IdLines, id_check, target_for
 
 log = logging.getLogger("backfill")
-
-TASK_POLLS = 10  # GETs of a task status before its errors are taken as unknown
-
-
-@dataclass(slots=True)
-class Delivery:
-    """What happened to one batch at the API."""
-
-    accepted: int = 0
-    rejected: list[Rejected] = field(default_factory=list)
-    requests: int = 0
-    retries: int = 0
-    ambiguous: int = 0  # attempts that failed after the request may have been stored
 
 
 class Engine:
@@ -101,6 +87,7 @@ class Engine:
         self._ratio_checked = False
         self._done = asyncio.Event()
         self._drain_timer: asyncio.TimerHandle | None = None
+        self._sender: Sender | None = None
 
     # -- the run -------------------------------------------------------------------------
 
@@ -196,29 +183,20 @@ class Engine:
     async def _pipeline(self, files: list[FileState]) -> None:
         loop = asyncio.get_running_loop()
         progress = Progress(self.stats, self.s.progress, self.s.progress_interval, self.out)
-        connector = aiohttp.TCPConnector(limit=self.s.concurrency, enable_cleanup_closed=True)
-        timeout = aiohttp.ClientTimeout(
-            total=self.s.request_timeout, sock_connect=self.s.connect_timeout
-        )
         handlers = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
         for sig, code in handlers.items():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, code)
+        sending = open_sender(
+            self.s, self.secret, self._target, self._policy, meter=self.stats, warn=self._warn
+        )
         try:
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-                self._client = MisoClient(
-                    session,
-                    self.s.endpoint,
-                    self._target.path,
-                    self.secret,
-                    method=self._target.method,
-                    key_in_query=self.s.key_in_query,
-                    server_dry_run=self.s.server_dry_run,
-                )
+            async with sending as sender:
+                self._sender = sender
                 async with asyncio.TaskGroup() as tg:
                     self._reader = tg.create_task(self._read(files))
                     self._workers = [
-                        tg.create_task(self._work()) for _ in range(self.s.concurrency)
+                        tg.create_task(self._work(sender)) for _ in range(self.s.concurrency)
                     ]
                     tg.create_task(self._tick(progress))
                     await asyncio.wait(self._workers)
@@ -243,6 +221,8 @@ class Engine:
             file=self.out,
         )
         self._stop(code, f"interrupted by {name}")
+        if self._sender is not None:
+            self._sender.stop()  # backoffs end now: a batch waiting in one is given up
 
     def _stop(self, code: int, error: str | None) -> None:
         """Stop reading now; workers finish what they hold, bounded by the drain timeout."""
@@ -376,25 +356,25 @@ class Engine:
 
     # -- workers -------------------------------------------------------------------------
 
-    async def _work(self) -> None:
+    async def _work(self, sender: Sender) -> None:
         while (batch := await self._queue.get()) is not None:
             try:
-                await self._deliver(batch)
+                await self._deliver(batch, sender)
             except BackfillError as exc:
                 self._fail(exc)
                 return
 
-    async def _deliver(self, batch: Batch) -> None:
+    async def _deliver(self, batch: Batch, sender: Sender) -> None:
         self._dlq.write(batch.source, batch.invalid)
         key, span, counts = self._row(batch)
         await self._cp.mark_inflight(key, span, counts)
         self.stats.in_flight += 1
         d = Delivery()
         try:
-            await self._send(batch, d)
-        except NeedsUser:
-            if not (d.accepted or d.ambiguous):  # every answer was a refusal: nothing stored
-                await self._cp.mark_unsent(key)
+            await sender.deliver(batch, d)
+        except (NeedsUser, Abandoned, asyncio.CancelledError):
+            if not d.maybe_stored:  # refused, or never connected: nothing was stored
+                await asyncio.shield(self._cp.mark_unsent(key))
             raise
         finally:
             self.stats.in_flight -= 1
@@ -407,85 +387,8 @@ class Engine:
         )
         self.stats.records_accepted += d.accepted
         self.stats.records_rejected += len(d.rejected)
-
-    async def _send(self, batch: Batch, d: Delivery) -> None:
-        """Delivers every record of the batch or accounts for it as rejected.
-
-        422 drops exactly the records the answer names and re-sends the rest (bisecting when
-        the answer names none); 413 splits in halves; a record alone that still fails is
-        rejected with the server's words.
-        """
-        parts = [(batch.records, batch.record_lines)]
-        while parts:
-            records, lines = parts.pop()
-            answer = await self._post(records, d)
-            if isinstance(answer, Accepted):
-                if answer.task_id and self.s.wait_tasks:
-                    answer = Accepted(await self._task_errors(answer), answer.task_id)
-                for i, message in answer.errors.items():
-                    if 0 <= i < len(records):
-                        d.rejected.append(Rejected(lines[i], message, records[i], "server"))
-                d.accepted += len(records) - len(answer.errors)
-            elif isinstance(answer, SchemaRejected) and _named_all(answer, len(records)):
-                keep = [i for i in range(len(records)) if i not in answer.errors]
-                for i, message in answer.errors.items():
-                    d.rejected.append(Rejected(lines[i], message, records[i], "server"))
-                if keep:
-                    parts.append(([records[i] for i in keep], [lines[i] for i in keep]))
-            elif isinstance(answer, SchemaRejected | TooLarge):
-                if len(records) == 1:
-                    reason = (
-                        f"rejected by the server: {answer.message}"
-                        if isinstance(answer, SchemaRejected)
-                        else "the record alone is too large for the server (HTTP 413)"
-                    )
-                    d.rejected.append(Rejected(lines[0], reason, records[0], "server"))
-                else:
-                    half = len(records) // 2
-                    parts.append((records[half:], lines[half:]))
-                    parts.append((records[:half], lines[:half]))
-            elif isinstance(answer, Fatal):
-                raise answer.error
-
-    async def _task_errors(self, answer: Accepted) -> dict[int, str]:
-        """--wait-tasks: the upload's deferred per-record errors, merged with its own."""
-        assert answer.task_id is not None
-        for attempt in range(1, TASK_POLLS + 1):
-            errors = await self._client.task_errors(self.s.kind, answer.task_id)
-            if errors is not None:
-                return {**errors, **answer.errors}
-            await asyncio.sleep(self._policy.delay(attempt))
-        self._warn(f"task {answer.task_id}: status unknown after {TASK_POLLS} tries")
-        return answer.errors
-
-    async def _post(self, records: list[bytes], d: Delivery) -> Answer:
-        """One part, with retries for what is retryable."""
-        if self.s.dry_run:
-            d.requests += 1
-            self.stats.requests += 1
-            return Accepted()
-        body = self._target.body(records)
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            d.requests += 1
-            self.stats.requests += 1
-            answer = await self._client.post(body)
-            if not isinstance(answer, Retryable):
-                return answer
-            delay = self._policy.delay(attempt, answer.retry_after)
-            if self._policy.gives_up(attempt, started, delay):
-                raise RetriesExhausted(
-                    f"gave up after {attempt} attempts in {time.monotonic() - started:.0f} s; "
-                    f"last answer: {answer.reason} from {self._client.url}. The run is "
-                    "resumable: rerun the same command when the API is reachable"
-                )
-            d.retries += 1
-            d.ambiguous += answer.ambiguous
-            self.stats.retries += 1
-            log.info("retrying in %.1f s: %s", delay, answer.reason)
-            await asyncio.sleep(delay)
+        if d.stop is not None:  # recorded first: what the server took stays acknowledged
+            raise d.stop
 
     # -- report --------------------------------------------------------------------------
 
@@ -542,7 +445,3 @@ def _fingerprint(path: Path) -> Fingerprint:
         return fingerprint(path)
     except OSError as exc:
         raise UsageError(f"cannot read input {path}: {exc.strerror or exc}") from None
-
-
-def _named_all(answer: SchemaRejected, size: int) -> bool:
-    return bool(answer.errors) and all(0 <= i < size for i in answer.errors)

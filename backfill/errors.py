@@ -4,10 +4,12 @@ BackfillError                 any failure we expect and can explain (no tracebac
 ├── UsageError                bad flags, config or inputs                        exit 2
 │   └── InputChanged          a resumed input file differs from the checkpoint   exit 2
 ├── StateLocked               another process holds the state dir                exit 2
+├── Abandoned                 a batch given up because the run is stopping (the stop's code)
 └── NeedsUser                 stopped; resumable once the user acts              exit 3
     ├── AuthRefused           401: the API key was refused
     ├── KeyForbidden          403: a publishable key cannot upload from a server
-    ├── ServerRefused         an answer no retry can fix (404, 400, ...)
+    ├── ServerRefused         an answer no retry can fix (404, 3xx, ...), or refusals
+    │                         of records wholesale (--max-rejected-ratio)
     ├── RetriesExhausted      429/5xx/timeouts outlasted the retry budget
     └── TooManyInvalid        the input plainly has the wrong shape
 """
@@ -35,6 +37,10 @@ class InputChanged(UsageError):
 
 class StateLocked(BackfillError):
     exit_code = EXIT_USAGE
+
+
+class Abandoned(BackfillError):
+    """A batch given up in a retry backoff because the run is stopping; never shown."""
 
 
 class NeedsUser(BackfillError):

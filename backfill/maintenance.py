@@ -6,14 +6,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import msgspec
 
-from backfill.config import Secret
-from backfill.errors import AuthRefused, ServerRefused
+from backfill.client import Accepted, Fatal, Retryable, describe
+from backfill.config import Secret, Settings
+from backfill.delivery import open_client
+from backfill.errors import RetriesExhausted, ServerRefused
 from backfill.schema import Kind
 from backfill.sources import read_blocks
-from backfill.targets import IdLines, id_check
+from backfill.targets import IdLines, id_check, target_for
 
 
 async def read_ids(path: Path, kind: Kind) -> tuple[list[str], list[str]]:
@@ -34,26 +35,23 @@ async def read_ids(path: Path, kind: Kind) -> tuple[list[str], list[str]]:
     return ids, problems
 
 
-class _IdsAnswer(msgspec.Struct):
-    data: dict[str, list[str]]
-
-
 async def remote_ids(endpoint: str, kind: Kind, secret: Secret, timeout: float) -> list[str]:
-    url = f"{endpoint.rstrip('/')}/v1/{kind}/_ids"
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
-    async with (
-        aiohttp.ClientSession(timeout=client_timeout) as session,
-        session.get(url, headers={"X-API-KEY": secret.reveal()}) as resp,
-    ):
-        payload = await resp.read()
-        if resp.status == 401:
-            raise AuthRefused("the API key was refused (HTTP 401): check MISO_API_KEY")
-        if resp.status != 200:
-            raise ServerRefused(f"GET {url} answered HTTP {resp.status}")
-    try:
-        return msgspec.json.decode(payload, type=_IdsAnswer).data.get("ids", [])
-    except msgspec.MsgspecError as exc:
-        raise ServerRefused(f"GET {url}: unexpected answer ({exc})") from None
+    """Every id the API holds, through the client's one classification (a redirect, a 401,
+    a page that is not Miso's answer all stop with their message)."""
+    settings = Settings(endpoint=endpoint, kind=kind, request_timeout=timeout, concurrency=1)
+    async with open_client(settings, secret, target_for(kind)) as client:
+        answer = await client.fetch(f"/v1/{kind}/_ids")
+    url = f"{client.url}/_ids"
+    if isinstance(answer, Fatal):
+        raise answer.error
+    if isinstance(answer, Retryable):
+        raise RetriesExhausted(f"GET {url}: {answer.reason}; rerun when the API answers")
+    if not isinstance(answer, Accepted):
+        raise ServerRefused(f"GET {url}: unexpected answer ({describe(answer)})")
+    ids = answer.data.get("ids") if isinstance(answer.data, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ServerRefused(f"GET {url}: unexpected answer (no list of ids in `data.ids`)")
+    return ids
 
 
 @dataclass(frozen=True, slots=True)
