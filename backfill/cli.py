@@ -57,6 +57,9 @@ def _sending_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--backoff-initial", type=float, help="first backoff ceiling, seconds")
     g.add_argument("--backoff-max", type=float, help="largest backoff ceiling, seconds")
     g.add_argument("--drain-timeout", type=float, help="seconds to finish requests on a signal")
+    g.add_argument(
+        "--max-rejected-ratio", type=float, help="stop if the server refuses more (default 0.5)"
+    )
     g.add_argument("--progress", choices=["auto", "bar", "log", "off"])
     g.add_argument("--progress-interval", type=float, help="seconds between progress updates")
 

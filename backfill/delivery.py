@@ -87,7 +87,7 @@ class Delivery:
     requests: int = 0
     retries: int = 0
     ambiguous: int = 0  # attempts that failed after the request may have been stored
-    sending: bool = False  # an attempt is on the wire: whatever happens now may be stored
+    sending: bool = False  # an attempt is on the wire, or its acceptance not yet counted
     stop: NeedsUser | None = None  # the run must stop once this batch is recorded
 
     @property
@@ -182,6 +182,7 @@ class Sender:
                 raise answer.error
             if isinstance(answer, Accepted):
                 await self._accepted(answer, records, lines, d)
+                d.sending = False
             else:
                 parts.extend(_next_parts(answer, records, lines, d))
         d.stop = self._guard.add(len(batch.records), len(d.rejected))
@@ -218,7 +219,7 @@ class Sender:
             self._meter.requests += 1
             d.sending = True
             answer = await self._service.send(request)
-            d.sending = False
+            d.sending = isinstance(answer, Accepted)  # stored: counted by the caller
             if not isinstance(answer, Retryable):
                 return answer
             d.ambiguous += answer.ambiguous
