@@ -24,7 +24,8 @@ from backfill.schema import parse_error_index
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """2xx. `errors` names records a 200 answer still refused (products and users)."""
+    """A 2xx in Miso's words. `errors` names records a 200 still refused (products, users);
+    `data` is the answer's `data` (the ids of a listing, the lines of a task status)."""
 
     errors: dict[int, str] = field(default_factory=dict)
     task_id: str | None = None

@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from backfill.config import Secret
-from backfill.delivery import split_budget
+from backfill.client import Accepted, Request
+from backfill.config import Secret, Settings
+from backfill.delivery import ConcurrencyLimit, open_client, split_budget
 from backfill.errors import ServerRefused
 from backfill.maintenance import remote_ids
 from backfill.server import Faults, RunningServer
+from backfill.targets import target_for
 from tests.helpers import dead_letters, interaction, line, numbers, run_engine, write_lines
 
 KEY = "sk-delivery-test-key"
@@ -82,6 +84,37 @@ async def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> 
 
 def records(tmp_path: Path, n: int, name: str = "a.jsonl") -> Path:
     return write_lines(tmp_path / name, [line(interaction(i)) for i in range(n)])
+
+
+# -- 13.1: limits are layers around the one call -----------------------------------------
+
+
+async def test_the_concurrency_layer_bounds_attempts_in_flight() -> None:
+    in_flight, peak = 0, 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return web.json_response({"message": "success"})
+
+    app = web.Application()
+    app.router.add_post("/v1/interactions", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    settings = Settings(endpoint=f"http://127.0.0.1:{runner.addresses[0][1]}", concurrency=8)
+    try:
+        async with open_client(settings, Secret(KEY), target_for("interactions")) as client:
+            limited = ConcurrencyLimit(client, 3)
+            body = Request(b'{"data":[]}', 0)
+            answers = await asyncio.gather(*(limited.send(body) for _ in range(12)))
+    finally:
+        await runner.cleanup()
+    assert all(isinstance(a, Accepted) for a in answers) and len(answers) == 12
+    assert peak == 3
 
 
 # -- 12.2: redirects are never followed ----------------------------------------------------
