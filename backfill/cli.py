@@ -2,7 +2,7 @@
 
 Exit codes: 0 done; 2 usage or configuration error; 3 stopped on an error that needs the
 user (auth, retries exhausted, too many invalid records), resumable; 130/143 interrupted by
-SIGINT/SIGTERM, resumable.
+SIGINT/SIGTERM, resumable; 141 the reader of stdout left early (`| head`), quietly.
 """
 
 from __future__ import annotations
@@ -10,23 +10,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shlex
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+import aiohttp
 import uvloop
 
 from backfill import __version__
-from backfill.config import DEFAULT_ENDPOINT, Settings, load_secret, load_settings
+from backfill.config import Secret, Settings, default_help, load_secret, load_settings
 from backfill.engine import Engine
-from backfill.errors import EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
-from backfill.maintenance import diff, read_ids, remote_ids
+from backfill.errors import EXIT_SIGINT, EXIT_SIGTERM, BackfillError, NeedsUser, UsageError
+from backfill.maintenance import LocalIds, accidental_deletes, diff, read_ids, remote_ids
 from backfill.progress import render_report, write_report
+from backfill.schema import Kind
 from backfill.state import reset_state, status_text
+
+# 128 + SIGPIPE, what a shell reports for a writer killed by SIGPIPE (`... | head`):
+# the output was cut short by its reader, which is not a failure of the command itself
+EXIT_BROKEN_PIPE: Final = 141
 
 
 def _flag(group: argparse._ActionsContainer, name: str, help: str) -> None:
@@ -43,25 +50,54 @@ def _when(text: str) -> datetime:
         ) from None
 
 
+API_KEY_FILE_HELP = "read the key from the first line of this file instead of $MISO_API_KEY"
+
+
 def _sending_args(g: argparse._ArgumentGroup) -> None:
     """Flags shared by every command that sends batches (run, delete)."""
-    g.add_argument("--endpoint", help="API base URL (default https://api.askmiso.com)")
-    g.add_argument("--batch-size", type=int, help="records per request (10000; 100 for catalogs)")
-    g.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
-    g.add_argument("--request-timeout", type=float, help="seconds for a whole request")
-    g.add_argument("--connect-timeout", type=float, help="seconds to connect")
+    d = default_help
+    g.add_argument("--endpoint", help=f"API base URL {d('endpoint')}")
+    g.add_argument("--batch-size", type=int, help=f"records per request {d('batch_size')}")
+    g.add_argument("--concurrency", type=int, help=f"requests in flight {d('concurrency')}")
+    g.add_argument(
+        "--request-timeout", type=float, help=f"seconds for a whole request {d('request_timeout')}"
+    )
+    g.add_argument(
+        "--connect-timeout", type=float, help=f"seconds to connect {d('connect_timeout')}"
+    )
     _flag(g, "--key-in-query", help="send the key as ?api_key= instead of X-API-KEY")
-    g.add_argument("--api-key-file", help="read the key from this file instead of $MISO_API_KEY")
-    g.add_argument("--max-attempts", type=int, help="attempts per request before giving up")
-    g.add_argument("--max-retry-seconds", type=float, help="time budget of one request's retries")
-    g.add_argument("--backoff-initial", type=float, help="first backoff ceiling, seconds")
-    g.add_argument("--backoff-max", type=float, help="largest backoff ceiling, seconds")
-    g.add_argument("--drain-timeout", type=float, help="seconds to finish requests on a signal")
-    g.add_argument("--progress", choices=["auto", "bar", "log", "off"])
-    g.add_argument("--progress-interval", type=float, help="seconds between progress updates")
+    g.add_argument("--api-key-file", help=API_KEY_FILE_HELP)
+    g.add_argument("--max-attempts", type=int, help=f"attempts per request {d('max_attempts')}")
+    g.add_argument(
+        "--max-retry-seconds",
+        type=float,
+        help=f"time budget of one request's retries {d('max_retry_seconds')}",
+    )
+    g.add_argument(
+        "--backoff-initial", type=float, help=f"first backoff ceiling, s {d('backoff_initial')}"
+    )
+    g.add_argument(
+        "--backoff-max", type=float, help=f"largest backoff ceiling, s {d('backoff_max')}"
+    )
+    g.add_argument(
+        "--drain-timeout",
+        type=float,
+        help=f"seconds to finish requests on a signal {d('drain_timeout')}",
+    )
+    g.add_argument(
+        "--progress",
+        choices=["auto", "bar", "log", "off"],
+        help=f"auto: a bar on a terminal, log lines otherwise {d('progress')}",
+    )
+    g.add_argument(
+        "--progress-interval",
+        type=float,
+        help=f"seconds between progress updates {d('progress_interval')}",
+    )
 
 
 def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = default_help
     p = sub.add_parser(
         "run",
         help="load interaction (or product/user) logs into the Miso API",
@@ -69,29 +105,50 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("inputs", nargs="*", help="files, directories or globs (sorted path order)")
     p.add_argument("--config", help="TOML file with the same settings; flags override it")
-    p.add_argument("--kind", choices=["interactions", "products", "users"])
-    p.add_argument("--state-dir", help="checkpoint, dead letters and lock (default .backfill)")
-    p.add_argument("--dead-letter", help="dead-letter file (default <state-dir>/dead-letter.jsonl)")
+    p.add_argument(
+        "--kind", choices=["interactions", "products", "users"], help=f"records {d('kind')}"
+    )
+    p.add_argument("--state-dir", help=f"checkpoint, dead letters and lock {d('state_dir')}")
+    p.add_argument("--dead-letter", help=f"dead-letter file {d('dead_letter')}")
     p.add_argument("--report", help="also write the final report as JSON to this file")
     _flag(p, "--wait-tasks", help="products/users: read each upload's task status for errors")
     _sending_args(p.add_argument_group("batching and sending"))
-    g = p.add_argument_group("more sending")
-    g.add_argument("--max-batch-bytes", type=int, help="bytes per request body (default 5 MiB)")
-    g.add_argument("--max-line-bytes", type=int, help="longer input lines are dead-lettered")
-    _flag(g, "--server-dry-run", help="send dry_run=1: the API validates, stores nothing")
-    _flag(g, "--dry-run", help="read, validate and batch, but send nothing")
+    _more_sending_args(p.add_argument_group("more sending"))
     v = p.add_argument_group("validation")
     _flag(v, "--allow-missing-timestamp", help="accept records without a timestamp")
     _flag(v, "--allow-anonymous", help="accept records without user_id/anonymous_id")
     v.add_argument("--since", type=_when, help="skip records before this time (inclusive)")
     v.add_argument("--until", type=_when, help="skip records from this time on (exclusive)")
-    v.add_argument("--max-invalid-ratio", type=float, help="stop if more of the first 10k are bad")
+    v.add_argument(
+        "--max-invalid-ratio",
+        type=float,
+        help="stop if a larger share of the first "
+        f"{Settings().invalid_ratio_window:,} records is invalid {d('max_invalid_ratio')}",
+    )
     r = p.add_argument_group("resume and shutdown")
-    r.add_argument("--ambiguous", choices=["resend", "skip"], help="batches in flight at a crash")
+    r.add_argument(
+        "--ambiguous",
+        choices=["resend", "skip"],
+        help=f"batches in flight at a crash {d('ambiguous')}",
+    )
     _flag(r, "--restart", help="discard the checkpoint and start over")
     _flag(r, "--yes", help="do not ask for confirmation")
     _flag(r, "--force", help="resume even though an input file changed")
     p.set_defaults(func=cmd_run)
+
+
+def _more_sending_args(g: argparse._ArgumentGroup) -> None:
+    d = default_help
+    g.add_argument(
+        "--max-batch-bytes", type=int, help=f"bytes per request body {d('max_batch_bytes')}"
+    )
+    g.add_argument(
+        "--max-line-bytes",
+        type=int,
+        help=f"longer input lines are dead-lettered {d('max_line_bytes')}",
+    )
+    _flag(g, "--server-dry-run", help="send dry_run=1: the API validates, stores nothing")
+    _flag(g, "--dry-run", help="read, validate and batch, but send nothing")
 
 
 RUN_ONLY = {"config", "func", "command", "verbose", "argv"}
@@ -141,12 +198,19 @@ def add_delete_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="delete products or users by id, or a user's interactions (resumable)",
         description="Delete in batches through the API; checkpointed and resumable like a load.",
     )
-    p.add_argument("kind", choices=["products", "users", "interactions"])
+    p.add_argument(
+        "kind",
+        choices=["products", "users", "interactions"],
+        help="what to delete; interactions: every interaction of the users listed",
+    )
     p.add_argument(
         "--ids", "--user-ids", dest="ids", required=True, help="ids, one per line or JSON lines"
     )
     p.add_argument("--config", help="TOML file with endpoint and other settings")
-    p.add_argument("--state-dir", help="default <.backfill>/delete-<kind>")
+    p.add_argument(
+        "--state-dir",
+        help=f"checkpoint of the deletes (default {Settings().state_dir}/delete-KIND)",
+    )
     p.add_argument("--report", help="also write the final report as JSON to this file")
     _flag(p, "--dry-run", help="list what would be deleted; delete nothing")
     _flag(p, "--yes", help="do not ask for confirmation")
@@ -161,8 +225,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, overrides)
     if args.state_dir is None:
         settings.state_dir = str(Path(settings.state_dir) / f"delete-{args.kind}")
-    ids, problems = _run_async(read_ids(Path(args.ids), args.kind))
-    for problem in problems:
+    local = _run_async(read_ids(Path(args.ids), args.kind))
+    ids = local.ids
+    for problem in local.problems:
         print(f"not an id: {problem}", file=sys.stderr)
     what = "user ids (all their interactions)" if args.kind == "interactions" else args.kind
     if dry_run:
@@ -178,26 +243,46 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def add_diff_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("diff", help="compare the ids the API holds with a local catalog")
-    p.add_argument("kind", choices=["products", "users"])
-    p.add_argument("--ids-from", required=True, help="local catalog (JSON lines) or ids file")
-    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
-    p.add_argument("--api-key-file")
+    p = sub.add_parser(
+        "diff",
+        help="compare the ids the API holds with a local catalog",
+        description="Compare the ids the API holds (GET /v1/KIND/_ids) with a local catalog "
+        "or ids file. Exit 0 when both hold the same ids, 1 when they differ. Refuses (exit 2, "
+        "nothing written) when the comparison looks like an accident: the local side holds no "
+        "ids or another kind of records, or more than half of what the API holds would be "
+        "proposed for deletion; --allow-mass-delete goes ahead anyway.",
+    )
+    p.add_argument("kind", choices=["products", "users"], help="which catalog to compare")
+    p.add_argument(
+        "--ids-from",
+        required=True,
+        help="local catalog (JSON lines with the id field) or ids, one per line; gzip or not",
+    )
+    p.add_argument("--endpoint", help=f"API base URL {default_help('endpoint')}")
+    p.add_argument("--api-key-file", help=API_KEY_FILE_HELP)
     p.add_argument("--write-deletes", help="write the ids only the API holds to this file")
     p.add_argument("--write-missing", help="write the ids the API lacks to this file")
-    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds for the whole GET (default 300)"
+    )
+    _flag(
+        p,
+        "--allow-mass-delete",
+        help="compare and write even when the delete list looks like an accident",
+    )
     p.set_defaults(func=cmd_diff)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Exit 0 when both sides hold the same ids, 1 when they differ (like diff(1))."""
     settings = load_settings(None, {"endpoint": args.endpoint, "api_key_file": args.api_key_file})
+    local = _read_local_ids(Path(args.ids_from), args.kind)
+    _refuse_unless(args.allow_mass_delete, local.other_kind(args.kind))
+    _print_problems(local.problems)
     secret = load_secret(settings)
-    local, problems = _run_async(read_ids(Path(args.ids_from), args.kind))
-    for problem in problems:
-        print(f"not an id: {problem}", file=sys.stderr)
-    remote = _run_async(remote_ids(settings.endpoint, args.kind, secret, args.timeout))
-    result = diff(local, remote)
+    remote = _run_async(_fetch_remote_ids(settings.endpoint, args.kind, secret, args.timeout))
+    result = diff(local.ids, remote)
+    _refuse_unless(args.allow_mass_delete, accidental_deletes(result, args.kind, local.path))
     for text in result.lines(args.kind):
         print(text)
     for path, ids in (
@@ -208,6 +293,52 @@ def cmd_diff(args: argparse.Namespace) -> int:
             Path(path).write_text("".join(f"{i}\n" for i in ids))
             print(f"wrote {len(ids):,} ids to {path}")
     return 1 if result.only_remotely or result.missing_remotely else 0
+
+
+def _read_local_ids(path: Path, kind: Kind) -> LocalIds:
+    if not path.exists():
+        raise UsageError(f"--ids-from {path}: no such file")
+    if path.is_dir():
+        raise UsageError(f"--ids-from {path}: is a directory; give one catalog or ids file")
+    try:
+        local: LocalIds = _run_async(read_ids(path, kind))
+    except OSError as exc:
+        raise UsageError(f"cannot read --ids-from {path}: {exc.strerror or exc}") from None
+    return local
+
+
+def _refuse_unless(allowed: bool | None, reason: str | None) -> None:
+    """A diff that looks like an accident stops here, before anything is printed or written."""
+    if reason is None:
+        return
+    if allowed:
+        print(f"warning: {reason} (going ahead: --allow-mass-delete)", file=sys.stderr)
+        return
+    raise UsageError(
+        f"refusing to propose deletions: {reason}. Nothing was written; check --ids-from, "
+        "or add --allow-mass-delete if this is what you mean"
+    )
+
+
+def _print_problems(problems: list[str], shown: int = 20) -> None:
+    for problem in problems[:shown]:
+        print(f"not an id: {problem}", file=sys.stderr)
+    if len(problems) > shown:
+        print(f"... and {len(problems) - shown:,} more lines that are not ids", file=sys.stderr)
+
+
+async def _fetch_remote_ids(endpoint: str, kind: Kind, secret: Secret, timeout: float) -> list[str]:
+    """The API's ids; a network failure is a message naming the endpoint, not a traceback."""
+    try:
+        return await remote_ids(endpoint, kind, secret, timeout)
+    except TimeoutError:
+        reason = f"no complete answer within {timeout:g} s (--timeout)"
+    except (aiohttp.ClientError, OSError) as exc:
+        reason = secret.redact(str(exc)) or type(exc).__name__
+    raise NeedsUser(
+        f"cannot list the {kind} ids of {endpoint}: {reason}; "
+        "check --endpoint and the network, then rerun"
+    )
 
 
 def _confirm(question: str, flag: str) -> None:
@@ -225,8 +356,17 @@ def _finish(settings: Settings, report: dict[str, Any]) -> int:
 
 
 def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("status", help="what a checkpoint holds, and how to continue")
-    p.add_argument("--state-dir", default=".backfill")
+    p = sub.add_parser(
+        "status",
+        help="what a checkpoint holds, and how to continue",
+        description="Print what the checkpoint of a state dir holds: files done and partly "
+        "done, records acknowledged, and the command that continues the load. Reads only.",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=Settings().state_dir,
+        help=f"the state dir of the run {default_help('state_dir')}",
+    )
     p.set_defaults(func=lambda args: _print(status_text(Path(args.state_dir))))
 
 
@@ -240,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="backfill",
         description="Resumable, high-throughput historical backfill for the Miso Data API.",
         epilog="exit codes: 0 done, 2 usage error, 3 stopped (needs you; resumable), "
-        "130/143 interrupted (resumable)",
+        "130/143 interrupted (resumable), 141 the reader of the output left (| head)",
     )
     parser.add_argument("--version", action="version", version=f"backfill {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log retries and details")
@@ -282,6 +422,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     signal.signal(signal.SIGTERM, _terminated)  # until a command installs its own handling
+    code, reader_left = EXIT_BROKEN_PIPE, False
+    try:
+        code = _dispatch(args)
+        sys.stdout.flush()  # a reader gone early shows here, not as noise at interpreter exit
+    except* BrokenPipeError:
+        reader_left = True
+    if reader_left:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except Terminated:
@@ -293,6 +446,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("backfill: interrupted", file=sys.stderr)
         return EXIT_SIGINT
+
+
+def _stdout_to_devnull() -> None:
+    """The reader of stdout left (`| head`): what is still buffered goes nowhere, quietly.
+
+    Python's "Note on SIGPIPE": without this, flushing stdout at exit fails again and prints
+    "Exception ignored ... BrokenPipeError" on stderr.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 class Terminated(BaseException):
