@@ -413,24 +413,31 @@ def _feature_parsers() -> list[Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    code, reader_left = EXIT_BROKEN_PIPE, False
+    try:
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+    except* BrokenPipeError:
+        reader_left = True
+    if reader_left:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        sys.stdout.flush()  # --help, --version: a reader gone early must show here
+        raise
     args.argv = argv
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     signal.signal(signal.SIGTERM, _terminated)  # until a command installs its own handling
-    code, reader_left = EXIT_BROKEN_PIPE, False
-    try:
-        code = _dispatch(args)
-        sys.stdout.flush()  # a reader gone early shows here, not as noise at interpreter exit
-    except* BrokenPipeError:
-        reader_left = True
-    if reader_left:
-        _stdout_to_devnull()
-        return EXIT_BROKEN_PIPE
+    code = _dispatch(args)
+    sys.stdout.flush()  # a reader gone early shows here, not as noise at interpreter exit
     return code
 
 
