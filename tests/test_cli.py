@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from backfill.cli import build_parser
+from backfill.config import Settings
 from backfill.server import RunningServer
+from backfill.server.command import config_from_args
 from tests.helpers import interaction, line, write_lines
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -124,3 +129,91 @@ async def test_server_commands_exit_quietly_when_their_reader_is_gone(
     diff = ("diff", "products", "--ids-from", str(catalog), "--endpoint", server.url)
     code, err = await asyncio.to_thread(backfill_into_closed_pipe, *diff, key=key)
     assert_quiet(code, err)
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    [sub] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def shown(value: object) -> str:
+    """How a default reads in help: 60.0 as 60, a date as 2026-06-01."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# sweeps of `bench` default to lists of their own, not to the one value a run uses
+OWN_DEFAULTS = {("bench", "concurrency"), ("bench", "batch_size")}
+SETTINGS_DEFAULTS = {f.name: f.default for f in msgspec.structs.fields(Settings)}
+
+
+def test_every_subcommand_has_a_description() -> None:
+    commands = subcommands()
+    assert {"run", "status", "delete", "diff", "serve", "serve-stats", "generate"} <= set(commands)
+    for name, parser in commands.items():
+        assert parser.description, f"`backfill {name} --help` has no description"
+        shown_help = " ".join(parser.format_help().split())
+        assert " ".join(parser.description.split()) in shown_help
+
+
+def test_every_option_has_help_and_states_its_default() -> None:
+    for command, parser in subcommands().items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            where = f"backfill {command} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help, f"{where}: no help text"
+            if action.nargs == 0 or not action.option_strings:
+                continue  # a switch is off unless given; a positional has no default
+            default = action.default
+            if default is None and (command, action.dest) not in OWN_DEFAULTS:
+                default = SETTINGS_DEFAULTS.get(action.dest)  # layered over a config file
+            if default is None or default is msgspec.NODEFAULT:
+                continue
+            assert "(default " in action.help, f"{where}: default {default!r} not stated"
+            assert shown(default) in action.help, f"{where}: says {action.help!r}, not {default!r}"
+
+
+def test_options_without_a_settings_value_still_say_what_they_default_to() -> None:
+    run = subcommands()["run"]
+    helps = {a.dest: a.help or "" for a in run._actions}
+    assert "(default 10000; 100 for products, users and deletes)" in helps["batch_size"]
+    assert "(default <state-dir>/dead-letter.jsonl)" in helps["dead_letter"]
+    assert "(default 5242880 = 5 MiB)" in helps["max_batch_bytes"]
+
+
+def test_serve_reads_its_secret_key_from_a_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "serve.key"
+    key_file.write_text("from-file\nignored\n")
+    args = build_parser().parse_args(["serve", "--secret-key-file", str(key_file)])
+    config = config_from_args(args, {"MISO_API_KEY": "from-env"})
+    assert config.secret_key == "from-file" and "from-file" not in repr(config)
+    both = ["serve", "--secret-key-file", str(key_file), "--secret-key", "x"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(both)  # one source of the key, not two
+
+
+@pytest.mark.parametrize("content", [None, "\n"], ids=["missing", "empty"])
+def test_serve_refuses_a_key_file_it_cannot_use(tmp_path: Path, content: str | None) -> None:
+    key_file = tmp_path / "serve.key"
+    if content is not None:
+        key_file.write_text(content)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backfill",
+            "serve",
+            "--port",
+            "0",
+            "--secret-key-file",
+            str(key_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    expected = "cannot read a key from" if content is None else "the first line is empty"
+    assert "backfill: error: " in proc.stderr and expected in proc.stderr
+    assert "Traceback" not in proc.stderr and "listening" not in proc.stdout

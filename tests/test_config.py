@@ -45,6 +45,33 @@ def test_bad_settings_name_the_setting(tmp_path: Path) -> None:
         load_settings(None, {"max_invalid_ratio": 2.0})
 
 
+def test_a_misspelled_setting_gets_a_suggestion(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[run]\nconcurency = 4\n")
+    with pytest.raises(UsageError) as exc:
+        load_settings(str(cfg), {})
+    assert str(exc.value) == f"{cfg}: unknown setting `concurency`; did you mean `concurrency`?"
+    cfg.write_text("max-retry-secs = 4\n")  # dashes are read as underscores
+    with pytest.raises(UsageError, match="did you mean `max_retry_seconds`"):
+        load_settings(str(cfg), {})
+    cfg.write_text("colour = 'red'\n")  # nothing close: no guess
+    with pytest.raises(UsageError) as exc:
+        load_settings(str(cfg), {})
+    assert str(exc.value) == f"{cfg}: unknown setting `colour`"
+
+
+@pytest.mark.parametrize("name", ["api_key", "key", "miso_api_key", "api-key", "secret_key"])
+def test_a_key_in_a_config_file_points_to_where_keys_go(tmp_path: Path, name: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'endpoint = "http://127.0.0.1:9"\n{name} = "sk-live-do-not-print"\n')
+    with pytest.raises(UsageError) as exc:
+        load_settings(str(cfg), {})
+    message = str(exc.value)
+    assert message.startswith(f"{cfg}: `{name.replace('-', '_')}`: the API key is never read")
+    assert "MISO_API_KEY" in message and "--api-key-file" in message
+    assert "sk-live-do-not-print" not in message
+
+
 def test_the_key_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
     s = Settings()
     assert load_secret(s, {"MISO_API_KEY": "abc"}).reveal() == "abc"
