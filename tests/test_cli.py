@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from backfill.cli import build_parser
+from backfill.cli import build_parser, main
 from backfill.config import Settings
 from backfill.server import RunningServer
 from backfill.server.command import config_from_args
@@ -217,3 +217,42 @@ def test_serve_refuses_a_key_file_it_cannot_use(tmp_path: Path, content: str | N
     expected = "cannot read a key from" if content is None else "the first line is empty"
     assert "backfill: error: " in proc.stderr and expected in proc.stderr
     assert "Traceback" not in proc.stderr and "listening" not in proc.stdout
+
+
+def test_usage_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MISO_API_KEY", raising=False)
+    assert main(["run", "x.jsonl", "--state-dir", str(tmp_path)]) == 2
+    assert "no API key" in capsys.readouterr().err
+    monkeypatch.setenv("MISO_API_KEY", "k")
+    assert main(["run", str(tmp_path / "missing.jsonl"), "--state-dir", str(tmp_path)]) == 2
+    assert "input not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--concurrency", "lots"])
+    assert exc.value.code == 2
+
+
+def test_an_unreadable_input_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISO_API_KEY", "k")
+    # /proc/self/mem is a file that every read refuses with EIO, even for root
+    code = main(
+        ["run", "/proc/self/mem", "--state-dir", str(tmp_path), "--endpoint", "http://127.0.0.1:9"]
+    )
+    assert code == 2
+    assert "cannot read input /proc/self/mem: Input/output error" in capsys.readouterr().err
+
+
+def test_restart_needs_confirmation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISO_API_KEY", "k")
+    log = tmp_path / "a.jsonl"
+    log.write_text("")
+    state = str(tmp_path / "state")
+    code = main(
+        ["run", str(log), "--state-dir", state, "--restart", "--endpoint", "http://127.0.0.1:9"]
+    )
+    assert code == 2 and "add --yes" in capsys.readouterr().err  # no terminal to ask on

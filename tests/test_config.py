@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from backfill.cli import main
 from backfill.config import Settings, load_secret, load_settings
 from backfill.errors import UsageError
 
@@ -81,68 +80,3 @@ def test_the_key_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
     key_file.write_text("from-file\n")
     secret = load_secret(Settings(api_key_file=str(key_file)), {})
     assert secret.reveal() == "from-file" and "from-file" not in repr(secret) + str(secret)
-
-
-def test_usage_errors_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("MISO_API_KEY", raising=False)
-    assert main(["run", "x.jsonl", "--state-dir", str(tmp_path)]) == 2
-    assert "no API key" in capsys.readouterr().err
-    monkeypatch.setenv("MISO_API_KEY", "k")
-    assert main(["run", str(tmp_path / "missing.jsonl"), "--state-dir", str(tmp_path)]) == 2
-    assert "input not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["run", "--concurrency", "lots"])
-    assert exc.value.code == 2
-
-
-def test_an_unreadable_input_is_a_usage_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MISO_API_KEY", "k")
-    # /proc/self/mem is a file that every read refuses with EIO, even for root
-    code = main(
-        ["run", "/proc/self/mem", "--state-dir", str(tmp_path), "--endpoint", "http://127.0.0.1:9"]
-    )
-    assert code == 2
-    assert "cannot read input /proc/self/mem: Input/output error" in capsys.readouterr().err
-
-
-async def test_one_process_per_state_dir(tmp_path: Path) -> None:
-    from backfill.checkpoint import Checkpoint
-    from backfill.errors import StateLocked
-    from backfill.state import reset_state
-
-    holder = await Checkpoint.open(tmp_path / "state")
-    try:
-        with pytest.raises(StateLocked, match=r"in use by another backfill process \(pid \d+\)"):
-            await Checkpoint.open(tmp_path / "state")
-        with pytest.raises(StateLocked):
-            reset_state(Settings(state_dir=str(tmp_path / "state")))
-    finally:
-        await holder.close()
-    reset_state(Settings(state_dir=str(tmp_path / "state")))  # free again
-    assert not (tmp_path / "state" / "checkpoint.sqlite").exists()
-
-
-def test_restart_needs_confirmation(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MISO_API_KEY", "k")
-    log = tmp_path / "a.jsonl"
-    log.write_text("")
-    state = str(tmp_path / "state")
-    code = main(
-        ["run", str(log), "--state-dir", state, "--restart", "--endpoint", "http://127.0.0.1:9"]
-    )
-    assert code == 2 and "add --yes" in capsys.readouterr().err  # no terminal to ask on
-
-
-async def test_an_unusable_state_dir_is_a_usage_error(tmp_path: Path) -> None:
-    from backfill.checkpoint import Checkpoint
-
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    with pytest.raises(UsageError, match=r"cannot use state dir .*file/state"):
-        await Checkpoint.open(blocker / "state")
