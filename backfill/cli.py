@@ -19,16 +19,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-import aiohttp
 import uvloop
 
 from backfill import __version__
-from backfill.config import Secret, Settings, default_help, load_secret, load_settings
+from backfill.config import KEY_FILE_HELP, Settings, default_help, load_secret, load_settings
 from backfill.engine import Engine
-from backfill.errors import EXIT_SIGINT, EXIT_SIGTERM, BackfillError, NeedsUser, UsageError
-from backfill.maintenance import LocalIds, accidental_deletes, diff, read_ids, remote_ids
+from backfill.errors import EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
+from backfill.maintenance import read_ids
 from backfill.progress import render_report, write_report
-from backfill.schema import Kind
 from backfill.state import reset_state, status_text
 
 # 128 + SIGPIPE, what a shell reports for a writer killed by SIGPIPE (`... | head`):
@@ -50,9 +48,6 @@ def _when(text: str) -> datetime:
         ) from None
 
 
-API_KEY_FILE_HELP = "read the key from the first line of this file instead of $MISO_API_KEY"
-
-
 def _sending_args(g: argparse._ArgumentGroup) -> None:
     """Flags shared by every command that sends batches (run, delete)."""
     d = default_help
@@ -66,7 +61,7 @@ def _sending_args(g: argparse._ArgumentGroup) -> None:
         "--connect-timeout", type=float, help=f"seconds to connect {d('connect_timeout')}"
     )
     _flag(g, "--key-in-query", help="send the key as ?api_key= instead of X-API-KEY")
-    g.add_argument("--api-key-file", help=API_KEY_FILE_HELP)
+    g.add_argument("--api-key-file", help=KEY_FILE_HELP)
     g.add_argument("--max-attempts", type=int, help=f"attempts per request {d('max_attempts')}")
     g.add_argument(
         "--max-retry-seconds",
@@ -242,105 +237,6 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return _finish(settings, _run_async(engine.run()))
 
 
-def add_diff_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "diff",
-        help="compare the ids the API holds with a local catalog",
-        description="Compare the ids the API holds (GET /v1/KIND/_ids) with a local catalog "
-        "or ids file. Exit 0 when both hold the same ids, 1 when they differ. Refuses (exit 2, "
-        "nothing written) when the comparison looks like an accident: the local side holds no "
-        "ids or another kind of records, or more than half of what the API holds would be "
-        "proposed for deletion; --allow-mass-delete goes ahead anyway.",
-    )
-    p.add_argument("kind", choices=["products", "users"], help="which catalog to compare")
-    p.add_argument(
-        "--ids-from",
-        required=True,
-        help="local catalog (JSON lines with the id field) or ids, one per line; gzip or not",
-    )
-    p.add_argument("--endpoint", help=f"API base URL {default_help('endpoint')}")
-    p.add_argument("--api-key-file", help=API_KEY_FILE_HELP)
-    p.add_argument("--write-deletes", help="write the ids only the API holds to this file")
-    p.add_argument("--write-missing", help="write the ids the API lacks to this file")
-    p.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds for the whole GET (default 300)"
-    )
-    _flag(
-        p,
-        "--allow-mass-delete",
-        help="compare and write even when the delete list looks like an accident",
-    )
-    p.set_defaults(func=cmd_diff)
-
-
-def cmd_diff(args: argparse.Namespace) -> int:
-    """Exit 0 when both sides hold the same ids, 1 when they differ (like diff(1))."""
-    settings = load_settings(None, {"endpoint": args.endpoint, "api_key_file": args.api_key_file})
-    local = _read_local_ids(Path(args.ids_from), args.kind)
-    _refuse_unless(args.allow_mass_delete, local.other_kind(args.kind))
-    _print_problems(local.problems)
-    secret = load_secret(settings)
-    remote = _run_async(_fetch_remote_ids(settings.endpoint, args.kind, secret, args.timeout))
-    result = diff(local.ids, remote)
-    _refuse_unless(args.allow_mass_delete, accidental_deletes(result, args.kind, local.path))
-    for text in result.lines(args.kind):
-        print(text)
-    for path, ids in (
-        (args.write_deletes, result.only_remotely),
-        (args.write_missing, result.missing_remotely),
-    ):
-        if path:
-            Path(path).write_text("".join(f"{i}\n" for i in ids))
-            print(f"wrote {len(ids):,} ids to {path}")
-    return 1 if result.only_remotely or result.missing_remotely else 0
-
-
-def _read_local_ids(path: Path, kind: Kind) -> LocalIds:
-    if not path.exists():
-        raise UsageError(f"--ids-from {path}: no such file")
-    if path.is_dir():
-        raise UsageError(f"--ids-from {path}: is a directory; give one catalog or ids file")
-    try:
-        local: LocalIds = _run_async(read_ids(path, kind))
-    except OSError as exc:
-        raise UsageError(f"cannot read --ids-from {path}: {exc.strerror or exc}") from None
-    return local
-
-
-def _refuse_unless(allowed: bool | None, reason: str | None) -> None:
-    """A diff that looks like an accident stops here, before anything is printed or written."""
-    if reason is None:
-        return
-    if allowed:
-        print(f"warning: {reason} (going ahead: --allow-mass-delete)", file=sys.stderr)
-        return
-    raise UsageError(
-        f"refusing to propose deletions: {reason}. Nothing was written; check --ids-from, "
-        "or add --allow-mass-delete if this is what you mean"
-    )
-
-
-def _print_problems(problems: list[str], shown: int = 20) -> None:
-    for problem in problems[:shown]:
-        print(f"not an id: {problem}", file=sys.stderr)
-    if len(problems) > shown:
-        print(f"... and {len(problems) - shown:,} more lines that are not ids", file=sys.stderr)
-
-
-async def _fetch_remote_ids(endpoint: str, kind: Kind, secret: Secret, timeout: float) -> list[str]:
-    """The API's ids; a network failure is a message naming the endpoint, not a traceback."""
-    try:
-        return await remote_ids(endpoint, kind, secret, timeout)
-    except TimeoutError:
-        reason = f"no complete answer within {timeout:g} s (--timeout)"
-    except (aiohttp.ClientError, OSError) as exc:
-        reason = secret.redact(str(exc)) or type(exc).__name__
-    raise NeedsUser(
-        f"cannot list the {kind} ids of {endpoint}: {reason}; "
-        "check --endpoint and the network, then rerun"
-    )
-
-
 def _confirm(question: str, flag: str) -> None:
     if not sys.stdin.isatty():
         raise UsageError(f"refusing without confirmation: add {flag}")
@@ -388,7 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_status_parser(sub)
     add_delete_parser(sub)
-    add_diff_parser(sub)
     for register in _feature_parsers():
         register(sub)
     return parser
@@ -397,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _feature_parsers() -> list[Any]:
     """Subcommands owned by their feature modules (server, generator, ...)."""
     registers: list[Any] = []
+    from backfill.reconcile import add_parser as add_diff_parser
+
+    registers.append(add_diff_parser)
     from backfill.server.command import add_parsers as add_server_parsers
 
     registers.append(add_server_parsers)

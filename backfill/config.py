@@ -232,6 +232,9 @@ class Secret:
     __str__ = __repr__
 
 
+KEY_FILE_HELP = "read the key from the first line of this file instead of $MISO_API_KEY"
+
+
 def load_secret(settings: Settings, environ: dict[str, str] | None = None) -> Secret:
     """The key from a file (first line) or the environment; never from a flag or the config."""
     env = os.environ if environ is None else environ
