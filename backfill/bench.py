@@ -104,7 +104,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--kind",
         choices=["interactions", "products", "users"],
-        help=f"records {default_help('kind')}",
+        help=f"what the inputs hold {default_help('kind')}",
     )
     p.add_argument("--api-key-file", help="read the key from this file instead of $MISO_API_KEY")
     p.add_argument(

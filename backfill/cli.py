@@ -101,7 +101,9 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("inputs", nargs="*", help="files, directories or globs (sorted path order)")
     p.add_argument("--config", help="TOML file with the same settings; flags override it")
     p.add_argument(
-        "--kind", choices=["interactions", "products", "users"], help=f"records {d('kind')}"
+        "--kind",
+        choices=["interactions", "products", "users"],
+        help=f"what the inputs hold {d('kind')}",
     )
     p.add_argument("--state-dir", help=f"checkpoint, dead letters and lock {d('state_dir')}")
     p.add_argument("--dead-letter", help=f"dead-letter file {d('dead_letter')}")
