@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except* BrokenPipeError:
         reader_left = True
     if reader_left:
-        _stdout_to_devnull()
+        _quiet_after_broken_pipe()
         return EXIT_BROKEN_PIPE
     return code
 
@@ -355,15 +355,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_SIGINT
 
 
-def _stdout_to_devnull() -> None:
-    """The reader of stdout left (`| head`): what is still buffered goes nowhere, quietly.
+def _quiet_after_broken_pipe() -> None:
+    """The reader of stdout or stderr left (`| head`): what is still buffered goes nowhere.
 
-    Python's "Note on SIGPIPE": without this, flushing stdout at exit fails again and prints
-    "Exception ignored ... BrokenPipeError" on stderr.
+    Python's "Note on SIGPIPE": without this, flushing at exit fails again, prints
+    "Exception ignored ... BrokenPipeError" and turns the exit code into 120.
     """
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
 
 
 class Terminated(BaseException):

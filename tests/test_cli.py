@@ -30,21 +30,23 @@ def closed_pipe() -> int:
     return write_end
 
 
-def backfill_into_closed_pipe(*args: str, key: str = "k") -> tuple[int, str]:
-    """`python -m backfill ARGS` whose stdout reader has left; (exit code, stderr)."""
+def backfill_into_closed_pipe(
+    *args: str, key: str = "k", broken: str = "stdout"
+) -> tuple[int, str]:
+    """`python -m backfill ARGS` whose stdout (or stderr) reader has left; (exit code, stderr)."""
     write_end = closed_pipe()
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, broken: write_end}
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "backfill", *args],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
+            **streams,
             env=user_env(key),
             timeout=120,
             check=False,
         )
     finally:
         os.close(write_end)
-    return proc.returncode, proc.stderr.decode()
+    return proc.returncode, (proc.stderr or b"").decode()
 
 
 def user_env(key: str) -> dict[str, str]:
@@ -256,3 +258,14 @@ def test_restart_needs_confirmation(
         ["run", str(log), "--state-dir", state, "--restart", "--endpoint", "http://127.0.0.1:9"]
     )
     assert code == 2 and "add --yes" in capsys.readouterr().err  # no terminal to ask on
+
+
+def test_a_run_whose_stderr_reader_left_exits_quietly(tmp_path: Path) -> None:
+    """`backfill run ... 2>&1 | head -1`: here a warning on stderr is what breaks."""
+    (tmp_path / "logs").mkdir()
+    write_lines(tmp_path / "logs" / "a.jsonl", [line(interaction(i)) for i in range(50)])
+    (tmp_path / "logs" / "empty.jsonl").write_bytes(b"")  # always warned about
+    args = ("run", str(tmp_path / "logs"), "--dry-run", "--progress", "off")
+    args += ("--state-dir", str(tmp_path / "state"))
+    code, _ = backfill_into_closed_pipe(*args, broken="stderr")
+    assert code == BROKEN_PIPE
