@@ -48,51 +48,37 @@ def _when(text: str) -> datetime:
         ) from None
 
 
+def _setting(group: argparse._ActionsContainer, flag: str, text: str, **kwargs: Any) -> None:
+    """An option for a Settings field: None when absent (a TOML value stands), and a help
+    that states the field's own default, so the two never drift."""
+    name = flag.removeprefix("--").replace("-", "_")
+    group.add_argument(flag, help=f"{text} {default_help(name)}", **kwargs)
+
+
 def _sending_args(g: argparse._ArgumentGroup) -> None:
     """Flags shared by every command that sends batches (run, delete)."""
-    d = default_help
-    g.add_argument("--endpoint", help=f"API base URL {d('endpoint')}")
-    g.add_argument("--batch-size", type=int, help=f"records per request {d('batch_size')}")
-    g.add_argument("--concurrency", type=int, help=f"requests in flight {d('concurrency')}")
-    g.add_argument(
-        "--request-timeout", type=float, help=f"seconds for a whole request {d('request_timeout')}"
-    )
-    g.add_argument(
-        "--connect-timeout", type=float, help=f"seconds to connect {d('connect_timeout')}"
-    )
+    _setting(g, "--endpoint", "API base URL")
+    _setting(g, "--batch-size", "records per request", type=int)
+    _setting(g, "--concurrency", "requests in flight", type=int)
+    _setting(g, "--request-timeout", "seconds for a whole request", type=float)
+    _setting(g, "--connect-timeout", "seconds to connect", type=float)
     _flag(g, "--key-in-query", help="send the key as ?api_key= instead of X-API-KEY")
     g.add_argument("--api-key-file", help=KEY_FILE_HELP)
-    g.add_argument("--max-attempts", type=int, help=f"attempts per request {d('max_attempts')}")
-    g.add_argument(
-        "--max-retry-seconds",
-        type=float,
-        help=f"time budget of one request's retries {d('max_retry_seconds')}",
-    )
-    g.add_argument(
-        "--backoff-initial", type=float, help=f"first backoff ceiling, s {d('backoff_initial')}"
-    )
-    g.add_argument(
-        "--backoff-max", type=float, help=f"largest backoff ceiling, s {d('backoff_max')}"
-    )
-    g.add_argument(
-        "--drain-timeout",
-        type=float,
-        help=f"seconds to finish requests on a signal {d('drain_timeout')}",
-    )
-    g.add_argument(
+    _setting(g, "--max-attempts", "attempts per request", type=int)
+    _setting(g, "--max-retry-seconds", "time budget of one request's retries", type=float)
+    _setting(g, "--backoff-initial", "first backoff ceiling, seconds", type=float)
+    _setting(g, "--backoff-max", "largest backoff ceiling, seconds", type=float)
+    _setting(g, "--drain-timeout", "seconds to finish requests on a signal", type=float)
+    _setting(
+        g,
         "--progress",
+        "auto: a bar on a terminal, log lines otherwise",
         choices=["auto", "bar", "log", "off"],
-        help=f"auto: a bar on a terminal, log lines otherwise {d('progress')}",
     )
-    g.add_argument(
-        "--progress-interval",
-        type=float,
-        help=f"seconds between progress updates {d('progress_interval')}",
-    )
+    _setting(g, "--progress-interval", "seconds between progress updates", type=float)
 
 
 def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    d = default_help
     p = sub.add_parser(
         "run",
         help="load interaction (or product/user) logs into the Miso API",
@@ -100,13 +86,9 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("inputs", nargs="*", help="files, directories or globs (sorted path order)")
     p.add_argument("--config", help="TOML file with the same settings; flags override it")
-    p.add_argument(
-        "--kind",
-        choices=["interactions", "products", "users"],
-        help=f"what the inputs hold {d('kind')}",
-    )
-    p.add_argument("--state-dir", help=f"checkpoint, dead letters and lock {d('state_dir')}")
-    p.add_argument("--dead-letter", help=f"dead-letter file {d('dead_letter')}")
+    _setting(p, "--kind", "what the inputs hold", choices=["interactions", "products", "users"])
+    _setting(p, "--state-dir", "checkpoint, dead letters and lock")
+    _setting(p, "--dead-letter", "dead-letter file")
     p.add_argument("--report", help="also write the final report as JSON to this file")
     _flag(p, "--wait-tasks", help="products/users: read each upload's task status for errors")
     _sending_args(p.add_argument_group("batching and sending"))
@@ -116,18 +98,15 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     _flag(v, "--allow-anonymous", help="accept records without user_id/anonymous_id")
     v.add_argument("--since", type=_when, help="skip records before this time (inclusive)")
     v.add_argument("--until", type=_when, help="skip records from this time on (exclusive)")
-    v.add_argument(
+    window = Settings().invalid_ratio_window
+    _setting(
+        v,
         "--max-invalid-ratio",
+        f"stop if a larger share of the first {window:,} records is invalid",
         type=float,
-        help="stop if a larger share of the first "
-        f"{Settings().invalid_ratio_window:,} records is invalid {d('max_invalid_ratio')}",
     )
     r = p.add_argument_group("resume and shutdown")
-    r.add_argument(
-        "--ambiguous",
-        choices=["resend", "skip"],
-        help=f"batches in flight at a crash {d('ambiguous')}",
-    )
+    _setting(r, "--ambiguous", "batches in flight at a crash", choices=["resend", "skip"])
     _flag(r, "--restart", help="discard the checkpoint and start over")
     _flag(r, "--yes", help="do not ask for confirmation")
     _flag(r, "--force", help="resume even though an input file changed")
@@ -135,15 +114,8 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _more_sending_args(g: argparse._ArgumentGroup) -> None:
-    d = default_help
-    g.add_argument(
-        "--max-batch-bytes", type=int, help=f"bytes per request body {d('max_batch_bytes')}"
-    )
-    g.add_argument(
-        "--max-line-bytes",
-        type=int,
-        help=f"longer input lines are dead-lettered {d('max_line_bytes')}",
-    )
+    _setting(g, "--max-batch-bytes", "bytes per request body", type=int)
+    _setting(g, "--max-line-bytes", "longer input lines are dead-lettered", type=int)
     _flag(g, "--server-dry-run", help="send dry_run=1: the API validates, stores nothing")
     _flag(g, "--dry-run", help="read, validate and batch, but send nothing")
 
