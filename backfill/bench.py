@@ -114,8 +114,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         help="send the key as ?api_key= instead of X-API-KEY",
     )
-    p.add_argument("--concurrency", type=_sizes, help="comma list (default 1,4,16,64)")
-    p.add_argument("--batch-size", type=_sizes, help="comma list (default 1000,5000,10000)")
+    p.add_argument(
+        "--concurrency", type=_sizes, help=f"comma list (default {_listed(DEFAULT_CONCURRENCY)})"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_sizes,
+        help=f"comma list (default {_listed(DEFAULT_BATCHES['interactions'])}; "
+        f"{_listed(DEFAULT_BATCHES['products'])} for products and users)",
+    )
     p.add_argument("--seconds", type=float, default=5.0, help="per setting (default 5)")
     p.add_argument("--sample", type=int, default=100_000, help="records read (default 100000)")
     p.add_argument(
@@ -126,6 +133,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--png", help="save the records/s curve to this PNG file (needs matplotlib)")
     p.add_argument("--dry-run", action="store_true", help="measure the local side only")
     p.set_defaults(func=cmd_bench)
+
+
+def _listed(values: Sequence[int]) -> str:
+    return ",".join(map(str, values))
 
 
 def _sizes(text: str) -> tuple[int, ...]:
