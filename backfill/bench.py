@@ -6,9 +6,10 @@
 It reads a sample of the input (validated, as a run would), then sweeps concurrency x batch
 size: each setting sends the sample's bodies for a few seconds with `dry_run=1` (Miso
 validates and stores nothing; the embedded server honours it too) and reports records/s and
-latency percentiles. The recommendation is the gentlest setting (fewest requests in flight,
-then fewest requests) within 10% of the best rate without errors, because a bigger setting
-that buys nothing only loads the API. `--dry-run` times reading, validation and encoding.
+latency percentiles. The recommendation is the fastest setting without errors; one within 5%
+of it that is gentler (fewer requests in flight, then smaller bodies) wins such a near-tie,
+because a bigger setting that buys nothing measurable only loads the API. `--dry-run` times
+reading, validation and encoding.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import msgspec
 import uvloop
 
 from backfill.client import Accepted, Fatal, Request, Retryable, describe
-from backfill.config import Secret, Settings, load_secret, load_settings
+from backfill.config import Secret, Settings, default_help, load_secret, load_settings
 from backfill.delivery import ConcurrencyLimit, Service, open_client
 from backfill.errors import NeedsUser, UsageError
 from backfill.mapping import build_transform
@@ -43,7 +44,7 @@ DEFAULT_BATCHES: Final[dict[str, tuple[int, ...]]] = {
     "products": (50, 100, 200),
     "users": (50, 100, 200),
 }
-GOOD_ENOUGH: Final = 0.9  # of the best rate: the recommendation's tolerance
+NEAR_TIE: Final = 0.05  # rates this close to the best are a tie: run-to-run noise is about this
 THROTTLE_PAUSE: Final = 1.0  # seconds a worker waits after a 429/5xx (no Retry-After)
 
 
@@ -100,18 +101,43 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("inputs", nargs="*", help="files, directories or globs (a sample is read)")
     p.add_argument("--config", help="TOML file of `backfill run` (endpoint, kind, mapping, key)")
-    p.add_argument("--endpoint", help="API base URL (default https://api.askmiso.com)")
-    p.add_argument("--kind", choices=["interactions", "products", "users"])
+    p.add_argument("--endpoint", help=f"API base URL {default_help('endpoint')}")
+    p.add_argument(
+        "--kind",
+        choices=["interactions", "products", "users"],
+        help=f"what the inputs hold {default_help('kind')}",
+    )
     p.add_argument("--api-key-file", help="read the key from this file instead of $MISO_API_KEY")
-    p.add_argument("--key-in-query", action="store_const", const=True, default=None)
-    p.add_argument("--concurrency", type=_sizes, help="comma list (default 1,4,16,64)")
-    p.add_argument("--batch-size", type=_sizes, help="comma list (default 1000,5000,10000)")
+    p.add_argument(
+        "--key-in-query",
+        action="store_const",
+        const=True,
+        default=None,
+        help="send the key as ?api_key= instead of X-API-KEY",
+    )
+    p.add_argument(
+        "--concurrency", type=_sizes, help=f"comma list (default {_listed(DEFAULT_CONCURRENCY)})"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_sizes,
+        help=f"comma list (default {_listed(DEFAULT_BATCHES['interactions'])}; "
+        f"{_listed(DEFAULT_BATCHES['products'])} for products and users)",
+    )
     p.add_argument("--seconds", type=float, default=5.0, help="per setting (default 5)")
     p.add_argument("--sample", type=int, default=100_000, help="records read (default 100000)")
-    p.add_argument("--request-timeout", type=float, help="seconds for a whole request")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        help=f"seconds for a whole request {default_help('request_timeout')}",
+    )
     p.add_argument("--png", help="save the records/s curve to this PNG file (needs matplotlib)")
     p.add_argument("--dry-run", action="store_true", help="measure the local side only")
     p.set_defaults(func=cmd_bench)
+
+
+def _listed(values: Sequence[int]) -> str:
+    return ",".join(map(str, values))
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -343,13 +369,13 @@ async def measure(
 
 
 def recommend(points: Sequence[Point]) -> Point | None:
-    """The gentlest setting within GOOD_ENOUGH of the best error-free rate."""
+    """The best error-free setting, or a gentler one that ties with it within NEAR_TIE."""
     clean = [p for p in points if p.errors == 0 and p.records > 0]
     if not clean:
         return None
     best = max(p.rate for p in clean)
-    good = [p for p in clean if p.rate >= GOOD_ENOUGH * best]
-    return min(good, key=lambda p: (p.concurrency, -p.batch_size))
+    tied = [p for p in clean if p.rate >= (1 - NEAR_TIE) * best]
+    return min(tied, key=lambda p: (p.concurrency, p.batch_size))
 
 
 def render_points(points: Sequence[Point]) -> str:

@@ -2,7 +2,7 @@
 
 Exit codes: 0 done; 2 usage or configuration error; 3 stopped on an error that needs the
 user (auth, retries exhausted, too many invalid records), resumable; 130/143 interrupted by
-SIGINT/SIGTERM, resumable.
+SIGINT/SIGTERM, resumable; 141 the reader of stdout left early (`| head`), quietly.
 """
 
 from __future__ import annotations
@@ -10,23 +10,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shlex
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import uvloop
 
 from backfill import __version__
-from backfill.config import DEFAULT_ENDPOINT, Settings, load_secret, load_settings
+from backfill.config import KEY_FILE_HELP, Settings, default_help, load_secret, load_settings
 from backfill.engine import Engine
 from backfill.errors import EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
-from backfill.maintenance import diff, read_ids, remote_ids
+from backfill.maintenance import read_ids
 from backfill.progress import render_report, write_report
 from backfill.state import reset_state, status_text
+
+# 128 + SIGPIPE, what a shell reports for a writer killed by SIGPIPE (`... | head`):
+# the output was cut short by its reader, which is not a failure of the command itself
+EXIT_BROKEN_PIPE: Final = 141
 
 
 def _flag(group: argparse._ActionsContainer, name: str, help: str) -> None:
@@ -43,25 +48,37 @@ def _when(text: str) -> datetime:
         ) from None
 
 
+def _setting(group: argparse._ActionsContainer, flag: str, text: str, **kwargs: Any) -> None:
+    """An option for a Settings field: None when absent (a TOML value stands), and a help
+    that states the field's own default, so the two never drift."""
+    name = flag.removeprefix("--").replace("-", "_")
+    group.add_argument(flag, help=f"{text} {default_help(name)}", **kwargs)
+
+
 def _sending_args(g: argparse._ArgumentGroup) -> None:
     """Flags shared by every command that sends batches (run, delete)."""
-    g.add_argument("--endpoint", help="API base URL (default https://api.askmiso.com)")
-    g.add_argument("--batch-size", type=int, help="records per request (10000; 100 for catalogs)")
-    g.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
-    g.add_argument("--request-timeout", type=float, help="seconds for a whole request")
-    g.add_argument("--connect-timeout", type=float, help="seconds to connect")
+    _setting(g, "--endpoint", "API base URL")
+    _setting(g, "--batch-size", "records per request", type=int)
+    _setting(g, "--concurrency", "requests in flight", type=int)
+    _setting(g, "--request-timeout", "seconds for a whole request", type=float)
+    _setting(g, "--connect-timeout", "seconds to connect", type=float)
     _flag(g, "--key-in-query", help="send the key as ?api_key= instead of X-API-KEY")
-    g.add_argument("--api-key-file", help="read the key from this file instead of $MISO_API_KEY")
-    g.add_argument("--max-attempts", type=int, help="attempts per request before giving up")
-    g.add_argument("--max-retry-seconds", type=float, help="time budget of one request's retries")
-    g.add_argument("--backoff-initial", type=float, help="first backoff ceiling, seconds")
-    g.add_argument("--backoff-max", type=float, help="largest backoff ceiling, seconds")
-    g.add_argument("--drain-timeout", type=float, help="seconds to finish requests on a signal")
-    g.add_argument(
-        "--max-rejected-ratio", type=float, help="stop if the server refuses more (default 0.5)"
+    g.add_argument("--api-key-file", help=KEY_FILE_HELP)
+    _setting(g, "--max-attempts", "attempts per request", type=int)
+    _setting(g, "--max-retry-seconds", "time budget of one request's retries", type=float)
+    _setting(g, "--backoff-initial", "first backoff ceiling, seconds", type=float)
+    _setting(g, "--backoff-max", "largest backoff ceiling, seconds", type=float)
+    _setting(g, "--drain-timeout", "seconds to finish requests on a signal", type=float)
+    _setting(
+        g, "--max-rejected-ratio", "stop once the server refuses more than this share", type=float
     )
-    g.add_argument("--progress", choices=["auto", "bar", "log", "off"])
-    g.add_argument("--progress-interval", type=float, help="seconds between progress updates")
+    _setting(
+        g,
+        "--progress",
+        "auto: a bar on a terminal, log lines otherwise",
+        choices=["auto", "bar", "log", "off"],
+    )
+    _setting(g, "--progress-interval", "seconds between progress updates", type=float)
 
 
 def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,29 +89,38 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("inputs", nargs="*", help="files, directories or globs (sorted path order)")
     p.add_argument("--config", help="TOML file with the same settings; flags override it")
-    p.add_argument("--kind", choices=["interactions", "products", "users"])
-    p.add_argument("--state-dir", help="checkpoint, dead letters and lock (default .backfill)")
-    p.add_argument("--dead-letter", help="dead-letter file (default <state-dir>/dead-letter.jsonl)")
+    _setting(p, "--kind", "what the inputs hold", choices=["interactions", "products", "users"])
+    _setting(p, "--state-dir", "checkpoint, dead letters and lock")
+    _setting(p, "--dead-letter", "dead-letter file")
     p.add_argument("--report", help="also write the final report as JSON to this file")
     _flag(p, "--wait-tasks", help="products/users: read each upload's task status for errors")
     _sending_args(p.add_argument_group("batching and sending"))
-    g = p.add_argument_group("more sending")
-    g.add_argument("--max-batch-bytes", type=int, help="bytes per request body (default 5 MiB)")
-    g.add_argument("--max-line-bytes", type=int, help="longer input lines are dead-lettered")
-    _flag(g, "--server-dry-run", help="send dry_run=1: the API validates, stores nothing")
-    _flag(g, "--dry-run", help="read, validate and batch, but send nothing")
+    _more_sending_args(p.add_argument_group("more sending"))
     v = p.add_argument_group("validation")
     _flag(v, "--allow-missing-timestamp", help="accept records without a timestamp")
     _flag(v, "--allow-anonymous", help="accept records without user_id/anonymous_id")
     v.add_argument("--since", type=_when, help="skip records before this time (inclusive)")
     v.add_argument("--until", type=_when, help="skip records from this time on (exclusive)")
-    v.add_argument("--max-invalid-ratio", type=float, help="stop if more of the first 10k are bad")
+    window = Settings().invalid_ratio_window
+    _setting(
+        v,
+        "--max-invalid-ratio",
+        f"stop if a larger share of the first {window:,} records is invalid",
+        type=float,
+    )
     r = p.add_argument_group("resume and shutdown")
-    r.add_argument("--ambiguous", choices=["resend", "skip"], help="batches in flight at a crash")
+    _setting(r, "--ambiguous", "batches in flight at a crash", choices=["resend", "skip"])
     _flag(r, "--restart", help="discard the checkpoint and start over")
     _flag(r, "--yes", help="do not ask for confirmation")
     _flag(r, "--force", help="resume even though an input file changed")
     p.set_defaults(func=cmd_run)
+
+
+def _more_sending_args(g: argparse._ArgumentGroup) -> None:
+    _setting(g, "--max-batch-bytes", "bytes per request body", type=int)
+    _setting(g, "--max-line-bytes", "longer input lines are dead-lettered", type=int)
+    _flag(g, "--server-dry-run", help="send dry_run=1: the API validates, stores nothing")
+    _flag(g, "--dry-run", help="read, validate and batch, but send nothing")
 
 
 RUN_ONLY = {"config", "func", "command", "verbose", "argv"}
@@ -144,12 +170,19 @@ def add_delete_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="delete products or users by id, or a user's interactions (resumable)",
         description="Delete in batches through the API; checkpointed and resumable like a load.",
     )
-    p.add_argument("kind", choices=["products", "users", "interactions"])
+    p.add_argument(
+        "kind",
+        choices=["products", "users", "interactions"],
+        help="what to delete; interactions: every interaction of the users listed",
+    )
     p.add_argument(
         "--ids", "--user-ids", dest="ids", required=True, help="ids, one per line or JSON lines"
     )
     p.add_argument("--config", help="TOML file with endpoint and other settings")
-    p.add_argument("--state-dir", help="default <.backfill>/delete-<kind>")
+    p.add_argument(
+        "--state-dir",
+        help=f"checkpoint of the deletes (default {Settings().state_dir}/delete-KIND)",
+    )
     p.add_argument("--report", help="also write the final report as JSON to this file")
     _flag(p, "--dry-run", help="list what would be deleted; delete nothing")
     _flag(p, "--yes", help="do not ask for confirmation")
@@ -164,8 +197,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, overrides)
     if args.state_dir is None:
         settings.state_dir = str(Path(settings.state_dir) / f"delete-{args.kind}")
-    ids, problems = _run_async(read_ids(Path(args.ids), args.kind))
-    for problem in problems:
+    local = _run_async(read_ids(Path(args.ids), args.kind))
+    ids = local.ids
+    for problem in local.problems:
         print(f"not an id: {problem}", file=sys.stderr)
     what = "user ids (all their interactions)" if args.kind == "interactions" else args.kind
     if dry_run:
@@ -178,39 +212,6 @@ def cmd_delete(args: argparse.Namespace) -> int:
     secret = load_secret(settings)
     engine = Engine(settings, secret, command=resume_command(args.argv))
     return _finish(settings, _run_async(engine.run()))
-
-
-def add_diff_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("diff", help="compare the ids the API holds with a local catalog")
-    p.add_argument("kind", choices=["products", "users"])
-    p.add_argument("--ids-from", required=True, help="local catalog (JSON lines) or ids file")
-    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
-    p.add_argument("--api-key-file")
-    p.add_argument("--write-deletes", help="write the ids only the API holds to this file")
-    p.add_argument("--write-missing", help="write the ids the API lacks to this file")
-    p.add_argument("--timeout", type=float, default=300.0)
-    p.set_defaults(func=cmd_diff)
-
-
-def cmd_diff(args: argparse.Namespace) -> int:
-    """Exit 0 when both sides hold the same ids, 1 when they differ (like diff(1))."""
-    settings = load_settings(None, {"endpoint": args.endpoint, "api_key_file": args.api_key_file})
-    secret = load_secret(settings)
-    local, problems = _run_async(read_ids(Path(args.ids_from), args.kind))
-    for problem in problems:
-        print(f"not an id: {problem}", file=sys.stderr)
-    remote = _run_async(remote_ids(settings.endpoint, args.kind, secret, args.timeout))
-    result = diff(local, remote)
-    for text in result.lines(args.kind):
-        print(text)
-    for path, ids in (
-        (args.write_deletes, result.only_remotely),
-        (args.write_missing, result.missing_remotely),
-    ):
-        if path:
-            Path(path).write_text("".join(f"{i}\n" for i in ids))
-            print(f"wrote {len(ids):,} ids to {path}")
-    return 1 if result.only_remotely or result.missing_remotely else 0
 
 
 def _confirm(question: str, flag: str) -> None:
@@ -228,8 +229,17 @@ def _finish(settings: Settings, report: dict[str, Any]) -> int:
 
 
 def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("status", help="what a checkpoint holds, and how to continue")
-    p.add_argument("--state-dir", default=".backfill")
+    p = sub.add_parser(
+        "status",
+        help="what a checkpoint holds, and how to continue",
+        description="Print what the checkpoint of a state dir holds: files done and partly "
+        "done, records acknowledged, and the command that continues the load. Reads only.",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=Settings().state_dir,
+        help=f"the state dir of the run {default_help('state_dir')}",
+    )
     p.set_defaults(func=lambda args: _print(status_text(Path(args.state_dir))))
 
 
@@ -243,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="backfill",
         description="Resumable, high-throughput historical backfill for the Miso Data API.",
         epilog="exit codes: 0 done, 2 usage error, 3 stopped (needs you; resumable), "
-        "130/143 interrupted (resumable)",
+        "130/143 interrupted (resumable), 141 the reader of the output left (| head)",
     )
     parser.add_argument("--version", action="version", version=f"backfill {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log retries and details")
@@ -251,7 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_status_parser(sub)
     add_delete_parser(sub)
-    add_diff_parser(sub)
     for register in _feature_parsers():
         register(sub)
     return parser
@@ -260,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _feature_parsers() -> list[Any]:
     """Subcommands owned by their feature modules (server, generator, ...)."""
     registers: list[Any] = []
+    from backfill.reconcile import add_parser as add_diff_parser
+
+    registers.append(add_diff_parser)
     from backfill.server.command import add_parsers as add_server_parsers
 
     registers.append(add_server_parsers)
@@ -276,15 +288,35 @@ def _feature_parsers() -> list[Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    code, reader_left = EXIT_BROKEN_PIPE, False
+    try:
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+    except* BrokenPipeError:
+        reader_left = True
+    if reader_left:
+        _quiet_after_broken_pipe()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        sys.stdout.flush()  # --help, --version: a reader gone early must show here
+        raise
     args.argv = argv
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     signal.signal(signal.SIGTERM, _terminated)  # until a command installs its own handling
+    code = _dispatch(args)
+    sys.stdout.flush()  # a reader gone early shows here, not as noise at interpreter exit
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except Terminated:
@@ -296,6 +328,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("backfill: interrupted", file=sys.stderr)
         return EXIT_SIGINT
+
+
+def _quiet_after_broken_pipe() -> None:
+    """The reader of stdout or stderr left (`| head`): what is still buffered goes nowhere.
+
+    Python's "Note on SIGPIPE": without this, flushing at exit fails again, prints
+    "Exception ignored ... BrokenPipeError" and turns the exit code into 120.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
 
 
 class Terminated(BaseException):

@@ -7,6 +7,7 @@ the settings can ever contain it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from datetime import datetime
@@ -135,6 +136,7 @@ def load_settings(config_file: str | None, overrides: dict[str, Any]) -> Setting
     values: dict[str, Any] = {}
     if config_file:
         values.update(_read_toml(config_file))
+        _check_keys(config_file, values)
         values["config_file"] = config_file
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
@@ -144,6 +146,46 @@ def load_settings(config_file: str | None, overrides: dict[str, Any]) -> Setting
         raise UsageError(f"{where}{_plain_path(str(exc))}") from None
     settings.check()
     return settings
+
+
+# keys people put a key under; the value is never echoed, only where it should go instead
+KEY_SETTINGS = frozenset({"api_key", "key", "miso_api_key", "secret_key", "apikey", "x_api_key"})
+
+
+def _check_keys(config_file: str, values: dict[str, Any]) -> None:
+    """An unknown key is a typo or a secret: say which setting was meant, or where keys go."""
+    known = {f.name for f in msgspec.structs.fields(Settings)}
+    for name in values:
+        if name in KEY_SETTINGS:
+            raise UsageError(
+                f"{config_file}: `{name}`: the API key is never read from a config file "
+                "(config files get shared and committed). Remove it, and set the environment "
+                "variable MISO_API_KEY (or name another one with `api_key_env`), or use "
+                "--api-key-file PATH"
+            )
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise UsageError(f"{config_file}: unknown setting `{name}`{hint}")
+
+
+def default_help(name: str) -> str:
+    """'(default X)' for a flag, from the Settings default itself so help never drifts."""
+    return f"(default {_DEFAULT_WORDS.get(name) or _plain_value(_defaults()[name])})"
+
+
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in msgspec.structs.fields(Settings)}
+
+
+def _plain_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int) and value >= MiB and value % MiB == 0:
+        return f"{value} = {value // MiB} MiB"
+    return str(value)
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -168,6 +210,14 @@ def _plain_path(message: str) -> str:
     return f"{path.rstrip('`')}: {head}" if sep else message
 
 
+_DEFAULT_WORDS: dict[str, str] = {
+    "batch_size": f"{Settings(kind='interactions').effective_batch_size}; "
+    f"{Settings(kind='products').effective_batch_size} for products, users and deletes",
+    "dead_letter": "<state-dir>/dead-letter.jsonl",
+    "progress_interval": "0: 1 s on a terminal, 10 s in a log",
+}
+
+
 class Secret:
     """The API key. Its repr and str never reveal it; only `reveal()` does, at the wire.
     `source` says where it came from ("$MISO_API_KEY"), for messages that must name it."""
@@ -188,6 +238,9 @@ class Secret:
         return "Secret('***')"
 
     __str__ = __repr__
+
+
+KEY_FILE_HELP = "read the key from the first line of this file instead of $MISO_API_KEY"
 
 
 def load_secret(settings: Settings, environ: dict[str, str] | None = None) -> Secret:

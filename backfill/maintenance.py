@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import msgspec
 
@@ -13,26 +15,90 @@ from backfill.config import Secret, Settings
 from backfill.delivery import open_client
 from backfill.errors import RetriesExhausted, ServerRefused
 from backfill.schema import Kind
-from backfill.sources import read_blocks
+from backfill.sources import Block, read_blocks
 from backfill.targets import IdLines, id_check, target_for
 
+SNIFFED: Final = (
+    1_000  # JSON objects of an ids file looked at to tell what kind of records it holds
+)
+# `diff` refuses to propose deleting more than this share of what the API holds: a cleanup
+# after a bad load removes a minority of a catalog, while a wrong, partial or other
+# environment's file proposes most of it. A false refusal costs one flag; a false pass, a catalog.
+MAX_DELETE_SHARE: Final = 0.5
+_WHAT_SAYS_SO: Final = {
+    "products": "a `product_id`",
+    "interactions": "a `type` (and no `product_id`)",
+    "users": "a `user_id` and no `type`",
+}
 
-async def read_ids(path: Path, kind: Kind) -> tuple[list[str], list[str]]:
-    """(valid ids in file order, reasons for the lines that are not ids)."""
-    ids, problems = [], []
+
+@dataclass(slots=True)
+class LocalIds:
+    """The ids of a local file, the reasons some lines are not ids, and the kinds seen."""
+
+    path: Path
+    ids: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    shapes: Counter[str] = field(default_factory=Counter)  # sampled JSON objects by kind
+
+    def other_kind(self, kind: Kind) -> str | None:
+        """Why the file looks like records of another kind than `kind`, or None."""
+        sampled = self.shapes.total()
+        if not sampled:
+            return None  # plain ids, one per line: nothing says what they are
+        seen, count = self.shapes.most_common(1)[0]
+        if seen == kind or seen == "other" or count * 2 <= sampled:
+            return None
+        return (
+            f"{self.path} holds {seen}, not {kind}: {count:,} of the {sampled:,} records "
+            f"looked at have {_WHAT_SAYS_SO[seen]}, as {seen} do"
+        )
+
+
+def record_kind(line: bytes) -> str | None:
+    """What kind of record a JSON object line is, by the fields only that kind has."""
+    try:
+        record = msgspec.json.decode(line)
+    except msgspec.MsgspecError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    if "product_id" in record:
+        return "products"
+    if "type" in record:
+        return "interactions"  # the one field every interaction has and users never do
+    return "users" if "user_id" in record else "other"
+
+
+async def _sniffing(blocks: AsyncIterator[Block], shapes: Counter[str]) -> AsyncIterator[Block]:
+    """Passes blocks through, noting the kind of the first SNIFFED JSON objects."""
+    async for block in blocks:
+        for line in block.lines:
+            if shapes.total() >= SNIFFED:
+                break
+            if line.lstrip().startswith(b"{"):
+                seen = record_kind(line)
+                if seen is not None:
+                    shapes[seen] += 1
+        yield block
+
+
+async def read_ids(path: Path, kind: Kind) -> LocalIds:
+    """Valid ids in file order, reasons for the lines that are not ids, and what the file holds."""
+    local = LocalIds(path)
     check, lines = id_check(kind), IdLines(kind)
-    async for block in lines.blocks(path, read_blocks(path)):
+    async for block in lines.blocks(path, _sniffing(read_blocks(path), local.shapes)):
         for i, raw in enumerate(block.lines):
             n = block.first + i
             if n in block.problems:
-                problems.append(f"{path} line {n + 1}: {block.problems[n].reason}")
+                local.problems.append(f"{path} line {n + 1}: {block.problems[n].reason}")
             elif raw:
                 reason = check(raw)
                 if reason is None:
-                    ids.append(msgspec.json.decode(raw, type=str))
+                    local.ids.append(msgspec.json.decode(raw, type=str))
                 else:
-                    problems.append(f"{path} line {n + 1}: {reason}")
-    return ids, problems
+                    local.problems.append(f"{path} line {n + 1}: {reason}")
+    return local
 
 
 async def remote_ids(endpoint: str, kind: Kind, secret: Secret, timeout: float) -> list[str]:
@@ -45,7 +111,10 @@ async def remote_ids(endpoint: str, kind: Kind, secret: Secret, timeout: float) 
     if isinstance(answer, Fatal):
         raise answer.error
     if isinstance(answer, Retryable):
-        raise RetriesExhausted(f"GET {url}: {answer.reason}; rerun when the API answers")
+        raise RetriesExhausted(
+            f"cannot list the {kind} ids of {endpoint}: {answer.reason}; "
+            "check --endpoint and the network, then rerun"
+        )
     if not isinstance(answer, Accepted):
         raise ServerRefused(f"GET {url}: unexpected answer ({describe(answer)})")
     ids = answer.data.get("ids") if isinstance(answer.data, dict) else None
@@ -81,4 +150,24 @@ def diff(local: list[str], remote: list[str]) -> Diff:
         len(remote_set),
         sorted(local_set - remote_set),
         sorted(remote_set - local_set),
+    )
+
+
+def accidental_deletes(result: Diff, kind: str, source: Path) -> str | None:
+    """Why the ids only the API holds look like an accident rather than a cleanup, or None."""
+    doomed = len(result.only_remotely)
+    if not doomed:
+        return None
+    if not result.local:
+        return (
+            f"{source} holds no {kind} ids, so all {result.remote:,} {kind} the API holds "
+            "would be proposed for deletion"
+        )
+    share = doomed / result.remote
+    if share <= MAX_DELETE_SHARE:
+        return None
+    return (
+        f"{doomed:,} of the {result.remote:,} {kind} the API holds ({share:.0%}) would be "
+        f"proposed for deletion, more than the {MAX_DELETE_SHARE:.0%} a cleanup normally "
+        f"removes: is {source} the whole {kind} catalog of this environment?"
     )

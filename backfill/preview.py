@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("input", help="one input file (CSV, TSV or JSON lines; gzip or not)")
     p.add_argument("--config", required=True, help="TOML file with the [mapping] table")
-    p.add_argument("-n", "--records", type=int, default=5, help="records to show (5)")
+    p.add_argument("-n", "--records", type=int, default=5, help="records to show (default 5)")
     p.add_argument("--width", type=int, help="output width (default: the terminal's)")
     p.set_defaults(func=cmd_preview)
 

@@ -81,19 +81,29 @@ async def test_bench_stops_on_a_refused_key(
     assert "the API key was refused (HTTP 401)" in capsys.readouterr().err
 
 
-def test_recommendation_is_the_gentlest_setting_near_the_best() -> None:
-    def point(c: int, b: int, records: int, errors: int = 0) -> Point:
-        return Point(
-            c, b, requests=10, records=records, seconds=1.0, latencies=[0.1], errors=errors
-        )
+def point(c: int, b: int, records: int, errors: int = 0) -> Point:
+    return Point(c, b, requests=10, records=records, seconds=1.0, latencies=[0.1], errors=errors)
 
+
+def test_recommendation_is_the_best_setting() -> None:
     points = [
         point(1, 1000, 10_000),
-        point(4, 1000, 95_000),
+        point(4, 1000, 91_000),  # 9% slower is not a tie: the best is recommended
         point(16, 1000, 100_000),
         point(64, 1000, 120_000, errors=3),  # fastest, but throttled: never recommended
         point(4, 10_000, 92_000),
     ]
-    best = recommend(points)  # fewest in flight, then fewest requests, within 10% of 100,000
-    assert best is not None and (best.concurrency, best.batch_size) == (4, 10_000)
+    best = recommend(points)
+    assert best is not None and (best.concurrency, best.batch_size) == (16, 1000)
     assert recommend([point(1, 10, 0, errors=5)]) is None
+
+
+def test_a_near_tie_goes_to_the_gentler_setting() -> None:
+    points = [
+        point(16, 10_000, 100_000),
+        point(4, 10_000, 96_000),  # within 5%: fewer requests in flight wins
+        point(4, 1000, 95_500),  # and between those, the smaller body
+        point(1, 1000, 94_000),  # 6% slower: not a tie
+    ]
+    best = recommend(points)
+    assert best is not None and (best.concurrency, best.batch_size) == (4, 1000)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
+import pytest
+
+from backfill.cli import main
 from backfill.server import Faults, RunningServer
 from tests.helpers import dead_letters, interaction, line, run_engine, write_lines
 
@@ -24,9 +28,14 @@ def stored(server: RunningServer, kind: str) -> dict[str, dict[str, object]]:
 
 
 async def cli(server: RunningServer, *args: str) -> tuple[int, str, str]:
+    return await backfill(server.secret_key, *args, "--endpoint", server.url)
+
+
+async def backfill(key: str, *args: str) -> tuple[int, str, str]:
+    """`python -m backfill ARGS` as a user runs it, with `key` in MISO_API_KEY."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "backfill", *args, "--endpoint", server.url,
-        env={**os.environ, "MISO_API_KEY": server.secret_key},
+        sys.executable, "-m", "backfill", *args,
+        env={**os.environ, "MISO_API_KEY": key},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -191,3 +200,106 @@ async def test_delete_users(tmp_path: Path, server: RunningServer) -> None:
     assert sorted(stored(server, "users"), key=lambda u: int(u[1:])) == [
         f"u{i}" for i in range(1, 120, 2)
     ]
+
+
+async def load_products(tmp_path: Path, server: RunningServer, ids: list[str]) -> None:
+    catalog = write_lines(tmp_path / "remote.jsonl", [product(p) for p in ids])
+    await run_engine(tmp_path, server.url, server.secret_key, [str(catalog)], kind="products")
+    assert sorted(stored(server, "products")) == sorted(ids)
+
+
+async def test_diff_refuses_an_empty_local_side(tmp_path: Path, server: RunningServer) -> None:
+    await load_products(tmp_path, server, ["p1", "p2", "p3"])
+    local = tmp_path / "local.jsonl"
+    local.write_text('{"sku": "p1"}\n\n')  # not one product id in it
+    deletes = tmp_path / "deletes.txt"
+    args = ("diff", "products", "--ids-from", str(local), "--write-deletes", str(deletes))
+    code, out, err = await cli(server, *args)
+    assert code == 2, err
+    assert f"{local} holds no products ids, so all 3 products the API holds" in err
+    assert "--allow-mass-delete" in err and "Nothing was written" in err
+    assert out == "" and not deletes.exists()
+
+
+async def test_diff_refuses_a_file_of_another_kind(tmp_path: Path, server: RunningServer) -> None:
+    """Interactions carry user_id too: read as a users catalog they look like one."""
+    users = write_lines(tmp_path / "u.jsonl", [line({"user_id": f"u{i}"}) for i in range(10)])
+    await run_engine(tmp_path / "up", server.url, server.secret_key, [str(users)], kind="users")
+    events = write_lines(
+        tmp_path / "i.jsonl", [line(interaction(i, user=f"u{i % 8}")) for i in range(40)]
+    )
+    deletes = tmp_path / "deletes.txt"
+    args = ("diff", "users", "--ids-from", str(events), "--write-deletes", str(deletes))
+    code, out, err = await cli(server, *args)
+    assert code == 2, err
+    assert (
+        f"{events} holds interactions, not users: 40 of the 40 records looked at have a `type`"
+        in err
+    )
+    assert out == "" and not deletes.exists()
+    assert (await server.stats())["requests"]["total"] == 1  # refused before asking the API
+
+
+async def test_diff_refuses_a_mass_delete_unless_allowed(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    await load_products(tmp_path, server, [f"p{i}" for i in range(10)])
+    local = tmp_path / "local.txt"
+    local.write_text("p0\np1\np2\np3\np-new\n")  # a partial export: 6 of 10 would go
+    deletes, missing = tmp_path / "deletes.txt", tmp_path / "missing.txt"
+    args = (
+        "diff", "products", "--ids-from", str(local),
+        "--write-deletes", str(deletes), "--write-missing", str(missing),
+    )  # fmt: skip
+    code, out, err = await cli(server, *args)
+    assert code == 2, err
+    assert "6 of the 10 products the API holds (60%) would be proposed for deletion" in err
+    assert out == "" and not deletes.exists() and not missing.exists()
+    code, out, err = await cli(server, *args, "--allow-mass-delete")
+    assert code == 1, err
+    assert "(going ahead: --allow-mass-delete)" in err
+    assert deletes.read_text() == "".join(f"p{i}\n" for i in range(4, 10))
+    assert missing.read_text() == "p-new\n"
+    assert "only in the API (delete them?): 6" in out
+
+
+async def test_diff_names_an_endpoint_that_does_not_answer(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    await load_products(tmp_path, server, ["p1"])
+    server.set_faults(Faults(stall_rate=1.0, stall_seconds=30))
+    local = write_lines(tmp_path / "local.jsonl", [product("p1")])
+    code, out, err = await cli(
+        server, "diff", "products", "--ids-from", str(local), "--timeout", "0.5"
+    )
+    assert code == 3, err
+    assert f"cannot list the products ids of {server.url}: request timed out" in err
+    assert "Traceback" not in err and server.secret_key not in out + err and out == ""
+
+
+def test_diff_names_an_unreachable_endpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISO_API_KEY", "diff-secret-key")
+    local = write_lines(tmp_path / "local.jsonl", [product("p1")])
+    with socket.socket() as closed:  # bound, never listening: every connection is refused
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        code = main(["diff", "products", "--ids-from", str(local), "--endpoint", endpoint])
+    out, err = capsys.readouterr()
+    assert code == 3, err
+    assert err.startswith(f"backfill: error: cannot list the products ids of {endpoint}: ")
+    assert "check --endpoint and the network, then rerun" in err
+    assert "Traceback" not in err and "diff-secret-key" not in out + err
+
+
+def test_diff_names_a_missing_ids_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MISO_API_KEY", raising=False)  # the file is checked before the key
+    missing = tmp_path / "nowhere.jsonl"
+    code = main(["diff", "users", "--ids-from", str(missing), "--endpoint", "http://127.0.0.1:9"])
+    assert code == 2
+    assert capsys.readouterr().err == f"backfill: error: --ids-from {missing}: no such file\n"
+    assert main(["diff", "users", "--ids-from", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from backfill.cli import main
 from backfill.config import Settings, load_secret, load_settings
 from backfill.errors import UsageError
 
@@ -45,6 +44,33 @@ def test_bad_settings_name_the_setting(tmp_path: Path) -> None:
         load_settings(None, {"max_invalid_ratio": 2.0})
 
 
+def test_a_misspelled_setting_gets_a_suggestion(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[run]\nconcurency = 4\n")
+    with pytest.raises(UsageError) as exc:
+        load_settings(str(cfg), {})
+    assert str(exc.value) == f"{cfg}: unknown setting `concurency`; did you mean `concurrency`?"
+    cfg.write_text("max-retry-secs = 4\n")  # dashes are read as underscores
+    with pytest.raises(UsageError, match="did you mean `max_retry_seconds`"):
+        load_settings(str(cfg), {})
+    cfg.write_text("colour = 'red'\n")  # nothing close: no guess
+    with pytest.raises(UsageError) as exc:
+        load_settings(str(cfg), {})
+    assert str(exc.value) == f"{cfg}: unknown setting `colour`"
+
+
+@pytest.mark.parametrize("name", ["api_key", "key", "miso_api_key", "api-key", "secret_key"])
+def test_a_key_in_a_config_file_points_to_where_keys_go(tmp_path: Path, name: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'endpoint = "http://127.0.0.1:9"\n{name} = "sk-live-do-not-print"\n')
+    with pytest.raises(UsageError) as exc:
+        load_settings(str(cfg), {})
+    message = str(exc.value)
+    assert message.startswith(f"{cfg}: `{name.replace('-', '_')}`: the API key is never read")
+    assert "MISO_API_KEY" in message and "--api-key-file" in message
+    assert "sk-live-do-not-print" not in message
+
+
 def test_the_key_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
     s = Settings()
     assert load_secret(s, {"MISO_API_KEY": "abc"}).reveal() == "abc"
@@ -54,68 +80,3 @@ def test_the_key_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
     key_file.write_text("from-file\n")
     secret = load_secret(Settings(api_key_file=str(key_file)), {})
     assert secret.reveal() == "from-file" and "from-file" not in repr(secret) + str(secret)
-
-
-def test_usage_errors_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("MISO_API_KEY", raising=False)
-    assert main(["run", "x.jsonl", "--state-dir", str(tmp_path)]) == 2
-    assert "no API key" in capsys.readouterr().err
-    monkeypatch.setenv("MISO_API_KEY", "k")
-    assert main(["run", str(tmp_path / "missing.jsonl"), "--state-dir", str(tmp_path)]) == 2
-    assert "input not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["run", "--concurrency", "lots"])
-    assert exc.value.code == 2
-
-
-def test_an_unreadable_input_is_a_usage_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MISO_API_KEY", "k")
-    # /proc/self/mem is a file that every read refuses with EIO, even for root
-    code = main(
-        ["run", "/proc/self/mem", "--state-dir", str(tmp_path), "--endpoint", "http://127.0.0.1:9"]
-    )
-    assert code == 2
-    assert "cannot read input /proc/self/mem: Input/output error" in capsys.readouterr().err
-
-
-async def test_one_process_per_state_dir(tmp_path: Path) -> None:
-    from backfill.checkpoint import Checkpoint
-    from backfill.errors import StateLocked
-    from backfill.state import reset_state
-
-    holder = await Checkpoint.open(tmp_path / "state")
-    try:
-        with pytest.raises(StateLocked, match=r"in use by another backfill process \(pid \d+\)"):
-            await Checkpoint.open(tmp_path / "state")
-        with pytest.raises(StateLocked):
-            reset_state(Settings(state_dir=str(tmp_path / "state")))
-    finally:
-        await holder.close()
-    reset_state(Settings(state_dir=str(tmp_path / "state")))  # free again
-    assert not (tmp_path / "state" / "checkpoint.sqlite").exists()
-
-
-def test_restart_needs_confirmation(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MISO_API_KEY", "k")
-    log = tmp_path / "a.jsonl"
-    log.write_text("")
-    state = str(tmp_path / "state")
-    code = main(
-        ["run", str(log), "--state-dir", state, "--restart", "--endpoint", "http://127.0.0.1:9"]
-    )
-    assert code == 2 and "add --yes" in capsys.readouterr().err  # no terminal to ask on
-
-
-async def test_an_unusable_state_dir_is_a_usage_error(tmp_path: Path) -> None:
-    from backfill.checkpoint import Checkpoint
-
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    with pytest.raises(UsageError, match=r"cannot use state dir .*file/state"):
-        await Checkpoint.open(blocker / "state")

@@ -23,22 +23,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         epilog=EXAMPLE,
     )
     p.add_argument("--out", required=True, help="output directory (created if missing)")
-    p.add_argument("--days", type=int, default=90, help="days of logs, one file each (90)")
-    p.add_argument("--records", type=int, default=100_000, help="interaction lines in all (100000)")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (0)")
-    p.add_argument("--format", choices=("jsonl", "jsonl.gz"), default="jsonl.gz")
+    p.add_argument("--days", type=int, default=90, help="days of logs, one file each (default 90)")
+    p.add_argument(
+        "--records", type=int, default=100_000, help="interaction lines in all (default 100000)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "jsonl.gz"),
+        default="jsonl.gz",
+        help="file format (default jsonl.gz)",
+    )
     p.add_argument(
         "--bad-fraction",
         type=float,
         default=0.0,
         help="share of lines replaced by a tagged defect; also adds one empty file, one "
-        "truncated last line and one cut gzip stream (0)",
+        "truncated last line and one cut gzip stream (default 0)",
     )
     p.add_argument(
         "--start",
         type=date.fromisoformat,
         default=DEFAULT_START,
-        help=f"first day, YYYY-MM-DD ({DEFAULT_START})",
+        help=f"first day, YYYY-MM-DD (default {DEFAULT_START})",
     )
     p.add_argument("--products", type=int, help="catalog size (default: records/200)")
     p.add_argument("--users", type=int, help="registered users (default: records/25)")

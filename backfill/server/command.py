@@ -1,7 +1,7 @@
 """`backfill serve` and `backfill serve-stats`: flags in, one ServerConfig out.
 
 Every Faults field is a `--fault-NAME` flag, generated from the Struct so the two never drift.
-The secret key may come from MISO_API_KEY instead of a flag (a flag shows up in `ps`).
+The secret key may come from MISO_API_KEY or a file instead of a flag (a flag shows up in `ps`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -48,14 +49,37 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "no key: keep the default loopback --host.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
-    serve.add_argument("--store", choices=("sqlite", "memory", "null"), default="sqlite")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"0 picks a free port (default {DEFAULT_PORT})",
+    )
+    serve.add_argument(
+        "--store",
+        choices=("sqlite", "memory", "null"),
+        default="sqlite",
+        help="sqlite: a file kept after a stop; memory: for tests; null: counts only, for "
+        "benchmarks (default sqlite)",
+    )
     serve.add_argument("--db", default=None, help=f"SQLite file (default {DEFAULT_DB})")
     serve.add_argument("--no-validate", action="store_true", help="skip schema checks (benchmarks)")
-    serve.add_argument(
-        "--secret-key", default=None, help=f"secret API key (default ${KEY_ENV}, else generated)"
+    keys = serve.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--secret-key-file",
+        default=None,
+        help=f"read the secret API key from this file's first line (default ${KEY_ENV}, "
+        "else generated)",
     )
-    serve.add_argument("--publishable-key", default=None, help="default: generated")
+    keys.add_argument(
+        "--secret-key",
+        default=None,
+        help="the secret API key itself; visible to every user in `ps`: prefer "
+        f"${KEY_ENV} or --secret-key-file",
+    )
+    serve.add_argument(
+        "--publishable-key", default=None, help="the browser key (default: generated)"
+    )
     faults = serve.add_argument_group("fault injection (all off by default)")
     for name in msgspec.structs.fields(Faults):
         faults.add_argument(
@@ -68,7 +92,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     serve.set_defaults(func=run_serve)
 
     stats = sub.add_parser(
-        "serve-stats", help="print the stats of a `backfill serve` SQLite file as JSON"
+        "serve-stats",
+        help="print the stats of a `backfill serve` SQLite file as JSON",
+        description="Print the counts of a stopped (or running) `backfill serve` SQLite "
+        "database as JSON: what was stored, by kind and type, and exact duplicates.",
     )
     stats.add_argument("--db", default=DEFAULT_DB, help=f"SQLite file (default {DEFAULT_DB})")
     stats.set_defaults(func=run_serve_stats)
@@ -91,13 +118,30 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
             port=args.port,
             store=args.store,
             db=args.db,
-            secret_key=args.secret_key or environ.get(KEY_ENV) or None,
+            secret_key=_secret_key(args, environ),
             publishable_key=args.publishable_key,
             validate=not args.no_validate,
             faults=faults,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _secret_key(args: argparse.Namespace, environ: dict[str, str]) -> str | None:
+    """The flag, else the file's first line, else the environment; None: generate one."""
+    if args.secret_key:
+        return str(args.secret_key)
+    if args.secret_key_file is not None:
+        try:
+            lines = Path(args.secret_key_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            raise UsageError(
+                f"cannot read a key from --secret-key-file {args.secret_key_file}"
+            ) from None
+        if not lines or not lines[0].strip():
+            raise UsageError(f"--secret-key-file {args.secret_key_file}: the first line is empty")
+        return lines[0].strip()
+    return environ.get(KEY_ENV) or None
 
 
 def run_serve(args: argparse.Namespace) -> int:
