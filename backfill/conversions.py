@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import math
 import re
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Final, NamedTuple
@@ -26,6 +27,7 @@ _FALSE: Final = frozenset({"false", "0", "no", "n", "f"})
 _ZONE_WORDS: Final = frozenset({"UTC", "GMT"})
 _SPACED_OFFSET: Final = re.compile(r"(.*\d)\s+([+-]\d\d:?\d\d)")
 _isfinite: Final = math.isfinite
+_MAX_DIGITS: Final = sys.get_int_max_str_digits()
 
 
 class ConversionError(ValueError):
@@ -71,9 +73,19 @@ def _number(value: Any) -> int | float:
             number = math.nan
         if _isfinite(number):
             if number.is_integer() and value.strip().lstrip("+-").isdigit():
-                return int(value)
+                return _whole(value)
             return number
     raise ConversionError(f"cannot parse {shown(value)} as a number")
+
+
+def _whole(text: str) -> int:
+    """Python refuses to read an integer of more than 4300 digits (leading zeros count)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ConversionError(
+            f"cannot parse {shown(text)} as a number (more than {_MAX_DIGITS} digits)"
+        ) from None
 
 
 def _integer(value: Any) -> int:
@@ -193,7 +205,10 @@ def _datetime(zone: tzinfo, formats: list[str]) -> Converter:
                 moment = moment.replace(tzinfo=zone)
             elif not formats:
                 return _canonical(text) or iso(moment)
-        return iso(moment)
+        try:
+            return iso(moment)
+        except OverflowError:  # year 1 or 9999 moved past the calendar by its offset
+            raise ConversionError(f"{shown(value)} is out of range for a date-time") from None
 
     return parse
 
@@ -217,7 +232,7 @@ def _fallback(text: str) -> datetime | None:
             return None
     try:
         return email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
 

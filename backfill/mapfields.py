@@ -44,6 +44,27 @@ class RecordRefused(Exception):
     """The record cannot be mapped; str() is the reason for its dead-letter entry."""
 
 
+# What a rule may still raise on a value nobody foresaw (a recursion on a deeply nested
+# object, a number beyond a limit): the record is refused with the reason, never the run.
+RULE_FAILURES: Final = (
+    ArithmeticError,
+    LookupError,
+    RecursionError,
+    TypeError,
+    ValueError,
+    msgspec.MsgspecError,
+)
+
+
+def rule_failure(exc: BaseException) -> str:
+    """The dead-letter reason of one of RULE_FAILURES."""
+    if isinstance(exc, RecursionError):
+        return "cannot map the record: nested too deeply"
+    detail = str(exc) or "no detail"
+    detail = detail if len(detail) <= 200 else detail[:197] + "..."
+    return f"cannot map the record: {type(exc).__name__}: {detail}"
+
+
 class CompiledMapping:
     """The spec with its conversions built; `for_csv`/`for_json` bind it to a source shape."""
 

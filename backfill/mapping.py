@@ -26,14 +26,20 @@ import msgspec
 
 from backfill.config import Settings
 from backfill.csvrecords import Dialect, Parser, Unit, find_resume_point, frame, header_in
-from backfill.mapfields import CompiledMapping, Dropped, RecordMapper, RecordRefused
+from backfill.mapfields import (
+    RULE_FAILURES,
+    CompiledMapping,
+    Dropped,
+    RecordMapper,
+    RecordRefused,
+    rule_failure,
+)
 from backfill.mapspec import MappingSpec, load_spec
-from backfill.schema import Kind
+from backfill.schema import Kind, invalid_utf8, undecodable
 from backfill.sources import PREVIEW, Block, BlockTransform, Problem, read_blocks
 
 __all__ = ["MappingTransform", "Observations", "build_transform", "map_file_blocks"]
 
-NOT_UTF8: Final = "not valid UTF-8 text"
 _decode_json = msgspec.json.decode
 
 
@@ -96,14 +102,15 @@ def _lengths(block: Block) -> list[int]:
 
 
 def _problem(
-    exc: Dropped | RecordRefused, index: int, length: int, raw: bytes, observe: Observations | None
+    exc: Exception, index: int, length: int, raw: bytes, observe: Observations | None
 ) -> Problem:
     """The Problem of a record the mapping dropped (no reason: filtered) or refused."""
-    if isinstance(exc, RecordRefused):
-        return Problem(str(exc), length, raw[:PREVIEW])
-    if observe is not None:
-        observe.dropped[index] = str(exc)
-    return Problem(None, length)
+    if isinstance(exc, Dropped):
+        if observe is not None:
+            observe.dropped[index] = str(exc)
+        return Problem(None, length)
+    reason = str(exc) if isinstance(exc, RecordRefused) else rule_failure(exc)
+    return Problem(reason, length, raw[:PREVIEW])
 
 
 class _JsonFile:
@@ -123,15 +130,17 @@ class _JsonFile:
                 continue
             try:
                 source = _decode_json(raw)
-                if observe is not None:
-                    observe.sources[first + slot] = source
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                reason = undecodable(raw) or "malformed JSON"
+                problems[first + slot] = Problem(reason, lengths[slot], raw[:PREVIEW])
+                continue
+            if observe is not None:
+                observe.sources[first + slot] = source
+            try:
                 if type(source) is not dict:
                     raise RecordRefused(f"expected a JSON object, got {_json_kind(source)}")
                 out[slot] = mapper(source)
-            except msgspec.DecodeError as exc:
-                reason = NOT_UTF8 if "UTF-8" in str(exc) else f"malformed JSON: {exc}"
-                problems[first + slot] = Problem(reason, lengths[slot], raw[:PREVIEW])
-            except (Dropped, RecordRefused) as exc:
+            except (Dropped, RecordRefused, *RULE_FAILURES) as exc:
                 problems[first + slot] = _problem(exc, first + slot, lengths[slot], raw, observe)
         return Block(out, first, block.offset, block.raw_bytes, problems, block.warning, lengths)
 
@@ -267,8 +276,8 @@ class _CsvFile:
                 continue  # blank, or a line the reader could not deliver (a problem already)
             try:
                 text = raw.decode()
-            except UnicodeDecodeError:
-                problems[first + slot] = Problem(NOT_UTF8, lengths[slot], raw[:PREVIEW])
+            except UnicodeDecodeError as exc:
+                problems[first + slot] = Problem(invalid_utf8(exc), lengths[slot], raw[:PREVIEW])
                 continue
             if quote and quote in text:
                 quoted.append((slot, raw, text))
@@ -278,7 +287,7 @@ class _CsvFile:
                 observe.sources[first + slot] = dict(zip(columns, row, strict=False))
             try:
                 out[slot] = mapper(row)
-            except (Dropped, RecordRefused) as exc:
+            except (Dropped, RecordRefused, *RULE_FAILURES) as exc:
                 problems[first + slot] = _problem(exc, first + slot, lengths[slot], raw, observe)
         if quoted:
             self._map_quoted(mapper, quoted, lengths, first, out, problems)
@@ -303,7 +312,7 @@ class _CsvFile:
                 observe.sources[index] = dict(zip(self.columns, row, strict=False))
             try:
                 out[slot] = mapper(row)
-            except (Dropped, RecordRefused) as exc:
+            except (Dropped, RecordRefused, *RULE_FAILURES) as exc:
                 problems[index] = _problem(exc, index, lengths[slot], raw, observe)
 
 

@@ -54,9 +54,11 @@ __all__ = [
     "Rules",
     "SearchInformation",
     "User",
+    "invalid_utf8",
     "miso_error_lines",
     "parse_error_index",
     "parse_timestamp",
+    "undecodable",
 ]
 
 Kind = Literal["interactions", "products", "users"]
@@ -647,20 +649,44 @@ def _reason(kind: Kind, raw: bytes) -> str:
     return _explained(kind, raw).text
 
 
-def _explained(kind: Kind, raw: bytes) -> _Problem:
-    """What is wrong with a record the fast path rejected (validation runs again, slowly)."""
+def undecodable(raw: bytes) -> str | None:
+    """Why `raw` is not one JSON document (invalid UTF-8, malformed, nested too deeply, a
+    number out of range), in the words of a dead letter; None when it decodes.
+
+    The mapping of other log shapes says it with the same words as native input."""
+    problem = _undecodable(raw)
+    return problem.text if isinstance(problem, _Problem) else None
+
+
+def invalid_utf8(exc: UnicodeDecodeError) -> str:
+    """The reason for text that is not UTF-8 (`exc` from decoding the whole text)."""
+    return f"invalid UTF-8 at byte {exc.start}: {exc.reason}"
+
+
+def _undecodable(raw: bytes) -> _Problem | _Decoded:
     try:
         raw.decode()
     except UnicodeDecodeError as exc:
-        reason = f"invalid UTF-8 at byte {exc.start}: {exc.reason}"
-        return _Problem((), reason, "The record is not valid UTF-8.")
+        return _Problem((), invalid_utf8(exc), "The record is not valid UTF-8.")
     try:
-        document = msgspec.json.decode(raw)
+        return _Decoded(msgspec.json.decode(raw))
     except (msgspec.DecodeError, RecursionError) as exc:
         message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         return _Problem(
             (), f"malformed JSON: {message}", f"The record is not valid JSON: {message}."
         )
+
+
+class _Decoded(NamedTuple):
+    document: Any
+
+
+def _explained(kind: Kind, raw: bytes) -> _Problem:
+    """What is wrong with a record the fast path rejected (validation runs again, slowly)."""
+    decoded = _undecodable(raw)
+    if isinstance(decoded, _Problem):
+        return decoded
+    document = decoded.document
     try:
         _DECODERS[kind](raw)
     except msgspec.ValidationError as exc:

@@ -537,7 +537,7 @@ async def test_a_quote_open_longer_than_the_limit_is_given_up(tmp_path: Path) ->
 async def test_bad_utf8_and_malformed_quoting(tmp_path: Path) -> None:
     text = b'user,note,n\nu1,caf\xe9,1\nu1,"a"b"c,2\nu1,ok,3\n'
     got = notes(await rows(tmp_path, TEXT_TABLE, text))
-    assert reason(got[1]) == "not valid UTF-8 text"
+    assert reason(got[1]) == "invalid UTF-8 at byte 6: invalid continuation byte"  # as native
     assert got[3] == {"note": "ok", "n": "3"}
     assert len(got) == 3  # the odd quoting of line 3 is read the way the csv module reads it
 
