@@ -219,9 +219,9 @@ def test_preview_shows_them_as_dead_letters(tmp_path: Path) -> None:
     config = tmp_path / "mapping.toml"
     config.write_text("allow_missing_timestamp = true\n" + JSON_TABLE)
     path = write(tmp_path / "events.jsonl", JSON_LINES)
+    command = [sys.executable, "-m", "backfill", "preview", "--config", str(config), str(path)]
     done = subprocess.run(
-        [sys.executable, "-m", "backfill", "preview", "--config", str(config), str(path)]
-        + ["-n", "11", "--width", "200"],
+        [*command, "-n", "11", "--width", "200"],
         capture_output=True,
         text=True,
         timeout=120,
