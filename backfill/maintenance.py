@@ -11,9 +11,9 @@ import msgspec
 
 from backfill.config import Secret
 from backfill.errors import AuthRefused, ServerRefused
+from backfill.ids import IdLines, id_check
 from backfill.schema import Kind
 from backfill.sources import read_blocks
-from backfill.targets import IdLines, id_check
 
 
 async def read_ids(path: Path, kind: Kind) -> tuple[list[str], list[str]]:

@@ -766,9 +766,9 @@ async def test_mapped_gzip_csv_with_multiline_records_loads_exactly(
 
 
 def test_the_documented_example_is_a_valid_mapping(tmp_path: Path) -> None:
-    import backfill.mapspec
+    import backfill.mapping.spec
 
-    doc = (backfill.mapspec.__doc__ or "").splitlines()
+    doc = (backfill.mapping.spec.__doc__ or "").splitlines()
     start = doc.index("    [mapping]")
     end = next(i for i in range(start, len(doc)) if doc[i] and not doc[i].startswith("    "))
     transform = make(tmp_path, "\n".join(x[4:] for x in doc[start:end]))

@@ -1,4 +1,4 @@
-"""The value conversions of a mapping (see mapspec.CONVERSIONS), built once per field.
+"""The value conversions of a mapping (see spec.CONVERSIONS), built once per field.
 
 They run on every record, so each is a plain function of one value. Date-time conversions
 remember their recent inputs: event logs repeat the same second many times over, and a dict
@@ -278,7 +278,7 @@ class Conversion(NamedTuple):
 
 
 def conversion(name: str, *, zone: tzinfo, formats: list[str], separator: str) -> Conversion:
-    """The conversion called `name` (one of mapspec.CONVERSIONS), ready to run."""
+    """The conversion called `name` (one of spec.CONVERSIONS), ready to run."""
     scalar: dict[str, Converter] = {
         "string": _string,
         "number": _number,

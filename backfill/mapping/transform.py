@@ -1,7 +1,7 @@
-"""Logs that are not in Miso's shape (CSV/TSV, JSON lines of any shape), mapped declaratively.
+"""A compiled mapping applied to a file's blocks of lines, between reading and validation.
 
-The [mapping] table of the config file (schema and example: backfill.mapspec) becomes a
-BlockTransform that sits between the reader and validation:
+The [mapping] table of the config file (schema and example: backfill.mapping.spec) becomes a
+BlockTransform:
 
     read_blocks ──Block (physical lines)──> MappingTransform.blocks ──Block (Miso JSON)──> batching
 
@@ -25,16 +25,17 @@ from typing import Any, cast
 import msgspec
 
 from backfill.config import Settings
-from backfill.csvrecords import Dialect, Parser, Unit, find_resume_point, frame, header_in
-from backfill.mapfields import (
-    RULE_FAILURES,
-    CompiledMapping,
-    Dropped,
-    RecordMapper,
-    RecordRefused,
-    rule_failure,
+from backfill.mapping.compiler import CompiledMapping, RecordMapper
+from backfill.mapping.csvrecords import (
+    Dialect,
+    Parser,
+    Unit,
+    find_resume_point,
+    frame,
+    header_in,
 )
-from backfill.mapspec import MappingSpec, load_spec
+from backfill.mapping.refusals import RULE_FAILURES, Dropped, RecordRefused, rule_failure
+from backfill.mapping.spec import MappingSpec, load_spec
 from backfill.schema import Kind, invalid_utf8, undecodable
 from backfill.sources import PREVIEW, Block, BlockTransform, Problem, read_blocks
 
