@@ -26,6 +26,7 @@ _TRUE: Final = frozenset({"true", "1", "yes", "y", "t"})
 _FALSE: Final = frozenset({"false", "0", "no", "n", "f"})
 _ZONE_WORDS: Final = frozenset({"UTC", "GMT"})
 _SPACED_OFFSET: Final = re.compile(r"(.*\d)\s+([+-]\d\d:?\d\d)")
+_LEAP_SECOND: Final = re.compile(r"[0-9]{2}:[0-9]{2}:(60)(?![0-9])")
 _isfinite: Final = math.isfinite
 _MAX_DIGITS: Final = sys.get_int_max_str_digits()
 
@@ -213,6 +214,28 @@ def _datetime(zone: tzinfo, formats: list[str]) -> Converter:
     return parse
 
 
+def _leap_seconds(parse: Converter) -> Converter:
+    """RFC 3339's leap second (23:59:60 UTC), which datetime cannot hold: parsed as second 59
+    and written back as 60 when it falls on the last minute of a UTC day."""
+
+    def convert(value: Any) -> str:
+        try:
+            return str(parse(value))
+        except ConversionError:
+            leap = _LEAP_SECOND.search(value) if type(value) is str else None
+            if leap is None:
+                raise
+            try:
+                before = str(parse(f"{value[: leap.start(1)]}59{value[leap.end(1) :]}"))
+            except ConversionError:
+                before = ""
+            if before[11:19] != "23:59:59":
+                raise
+            return f"{before[:17]}60{before[19:]}"
+
+    return convert
+
+
 def _strptime(value: str, formats: list[str]) -> datetime | None:
     for fmt in formats:
         try:
@@ -296,7 +319,7 @@ def conversion(name: str, *, zone: tzinfo, formats: list[str], separator: str) -
         return Conversion(name, convert, each=False, makes_list=True, cache=cache)
     units = {"epoch_s": 1, "epoch_ms": 1000, "epoch_us": 1_000_000}
     if name == "datetime":
-        convert, cache = _remembered(_datetime(zone, formats), "a date-time")
+        convert, cache = _remembered(_leap_seconds(_datetime(zone, formats)), "a date-time")
     elif name in units:
         convert, cache = _remembered(_epoch(units[name], name), "a date-time")
     else:

@@ -93,6 +93,27 @@ CONVERSIONS = [
         '!cannot parse "yesterday" as a date-time',
     ),
     ('{ from = "x", convert = "datetime" }', 1569888000, '!use convert = "epoch_s" or "epoch_ms"'),
+    ('{ from = "x", convert = "datetime" }', "2016-12-31 23:59:60", "2016-12-31T23:59:60.000Z"),
+    (
+        '{ from = "x", convert = "datetime" }',
+        "2016-12-31T15:59:60.5-08:00",  # a leap second is the last second of a UTC day
+        "2016-12-31T23:59:60.500Z",
+    ),
+    (
+        '{ from = "x", convert = "datetime", timezone = "Europe/Paris" }',
+        "2017-01-01 00:59:60",
+        "2016-12-31T23:59:60.000Z",
+    ),
+    (
+        '{ from = "x", convert = "datetime", date_format = "%d/%m/%Y %H:%M:%S" }',
+        "31/12/2016 23:59:60",
+        "2016-12-31T23:59:60.000Z",
+    ),
+    (
+        '{ from = "x", convert = "datetime" }',
+        "2016-12-31 23:58:60",
+        '!cannot parse "2016-12-31 23:58:60" as a date-time',
+    ),
     ('{ from = "x", convert = "epoch_s" }', 1569888000, "2019-10-01T00:00:00.000Z"),
     ('{ from = "x", convert = "epoch_s" }', "1569888000.25", "2019-10-01T00:00:00.250Z"),
     ('{ from = "x", convert = "epoch_ms" }', "1569888000123", "2019-10-01T00:00:00.123Z"),
