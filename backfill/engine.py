@@ -44,12 +44,13 @@ from backfill.errors import (
     TooManyInvalid,
     UsageError,
 )
+from backfill.ids import IdLines, id_check
 from backfill.mapping import build_transform
 from backfill.progress import LegStats, Progress
 from backfill.retry import RetryPolicy
 from backfill.schema import RecordValidator
 from backfill.sources import BlockTransform, Fingerprint, discover, fingerprint, read_blocks
-from backfill.targets import ID_FIELD, IdLines, id_check, target_for
+from backfill.targets import ID_FIELD, target_for
 
 log = logging.getLogger("backfill")
 

@@ -14,9 +14,10 @@ from backfill.client import Accepted, Fatal, Retryable, describe
 from backfill.config import Secret, Settings
 from backfill.delivery import open_client
 from backfill.errors import RetriesExhausted, ServerRefused
+from backfill.ids import IdLines, id_check
 from backfill.schema import Kind
 from backfill.sources import Block, read_blocks
-from backfill.targets import IdLines, id_check, target_for
+from backfill.targets import target_for
 
 SNIFFED: Final = (
     1_000  # JSON objects of an ids file looked at to tell what kind of records it holds

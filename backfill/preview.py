@@ -190,8 +190,11 @@ def _json_lines(data: bytes) -> list[str]:
 
 def _wrap(lines: list[str], width: int) -> list[str]:
     wrapped: list[str] = []
+    deepest = max(0, width // 2 - 2)  # textwrap never ends when the indent fills the width
     for line in lines:
         indent = len(line) - len(line.lstrip(" "))
+        if indent > deepest:
+            line, indent = " " * deepest + line.lstrip(" "), deepest
         wrapped.extend(
             textwrap.wrap(
                 line,

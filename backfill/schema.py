@@ -27,6 +27,7 @@ miso-api.md because such ids cannot be addressed as `/v1/products/{id}` (`_ids`,
 from __future__ import annotations
 
 import functools
+import json
 import operator
 import re
 import types
@@ -54,9 +55,11 @@ __all__ = [
     "Rules",
     "SearchInformation",
     "User",
+    "invalid_utf8",
     "miso_error_lines",
     "parse_error_index",
     "parse_timestamp",
+    "undecodable",
 ]
 
 Kind = Literal["interactions", "products", "users"]
@@ -125,8 +128,27 @@ def parse_timestamp(text: str) -> datetime | None:
     try:
         when: datetime = _decode_aware_datetime(_encode(text))
     except msgspec.ValidationError:
-        return None
+        return _leap_second(text)
     return when
+
+
+_LEAP: Final = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:)60(\.[0-9]+)?")
+
+
+def _leap_second(text: str) -> datetime | None:
+    """RFC 3339 allows second 60, a leap second, which falls at 23:59:60 UTC (15:59:60-08:00).
+
+    Neither msgspec nor datetime can hold it: the moment returned is the second before it
+    (for --since/--until). Reached only when the fast parse failed."""
+    leap = _LEAP.match(text)
+    if leap is None:
+        return None
+    try:
+        when: datetime = _decode_aware_datetime(_encode(f"{leap[1]}59{text[leap.end(1) + 2 :]}"))
+        utc = when.astimezone(UTC)
+    except (msgspec.ValidationError, OverflowError):
+        return None
+    return when if (utc.hour, utc.minute) == (23, 59) else None
 
 
 def _is_date_or_date_time(text: str) -> bool:
@@ -575,7 +597,9 @@ class RecordValidator:
             try:
                 when = _decode_aware_datetime(_encode(text))
             except msgspec.ValidationError:
-                return _reason(self._kind, raw)
+                when = _leap_second(text)
+                if when is None:
+                    return _reason(self._kind, raw)
         if self._identity and not (record.user_id or record.anonymous_id):
             return MISSING_IDENTITY
         if self._window and when is not None and not (self._since <= when < self._until):
@@ -647,25 +671,95 @@ def _reason(kind: Kind, raw: bytes) -> str:
     return _explained(kind, raw).text
 
 
-def _explained(kind: Kind, raw: bytes) -> _Problem:
-    """What is wrong with a record the fast path rejected (validation runs again, slowly)."""
+def undecodable(raw: bytes) -> str | None:
+    """Why `raw` is not one JSON document (invalid UTF-8, malformed, nested too deeply, a
+    number out of range), in the words of a dead letter; None when it decodes.
+
+    The mapping of other log shapes says it with the same words as native input."""
+    problem = _undecodable(raw)
+    return problem.text if isinstance(problem, _Problem) else None
+
+
+def invalid_utf8(exc: UnicodeDecodeError) -> str:
+    """The reason for text that is not UTF-8 (`exc` from decoding the whole text)."""
+    return f"invalid UTF-8 at byte {exc.start}: {exc.reason}"
+
+
+def _undecodable(raw: bytes) -> _Problem | _Decoded:
     try:
         raw.decode()
     except UnicodeDecodeError as exc:
-        reason = f"invalid UTF-8 at byte {exc.start}: {exc.reason}"
-        return _Problem((), reason, "The record is not valid UTF-8.")
+        return _Problem((), invalid_utf8(exc), "The record is not valid UTF-8.")
     try:
-        document = msgspec.json.decode(raw)
+        return _Decoded(msgspec.json.decode(raw))
     except (msgspec.DecodeError, RecursionError) as exc:
         message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         return _Problem(
             (), f"malformed JSON: {message}", f"The record is not valid JSON: {message}."
         )
+
+
+class _Decoded(NamedTuple):
+    document: Any
+
+
+def _explained(kind: Kind, raw: bytes) -> _Problem:
+    """What is wrong with a record the fast path rejected (validation runs again, slowly)."""
+    decoded = _undecodable(raw)
+    if isinstance(decoded, _Problem):
+        return decoded
+    document = decoded.document
+    twice = _duplicate_key(raw)
+    if twice is not None:
+        return twice
     try:
         _DECODERS[kind](raw)
     except msgspec.ValidationError as exc:
         return _from_validation_error(kind, document, exc)
     return _after_decoding(document)
+
+
+class _Pairs(dict[str, Any]):
+    """A JSON object as `_duplicate_key` reads it: the first key it was given twice, if any."""
+
+    twice: str | None = None
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> _Pairs:
+    obj = _Pairs(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                obj.twice = key
+                break
+            seen.add(key)
+    return obj
+
+
+def _duplicate_key(raw: bytes) -> _Problem | None:
+    """A key some object of the record gives twice, the first in reading order.
+
+    The fast path validates every value given and keeps the last, as most JSON readers do:
+    a record whose values are all valid stays valid. When it is refused, a reason about the
+    value it kept would be baffling (`user_id: expected a string, got "u1"`); naming the key
+    given twice is what the user can act on."""
+    try:
+        document = json.loads(raw, object_pairs_hook=_pairs)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[tuple[_Segment, ...], Any]] = [((), document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            if isinstance(value, _Pairs) and value.twice is not None:
+                key = value.twice
+                reason = f'duplicate key "{key}": an object may give each key only once'
+                return _Problem(path, reason, f"The property {key} is defined more than once.")
+            stack.extend(((*path, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(value))))
+    return None
 
 
 def _after_decoding(document: Any) -> _Problem:

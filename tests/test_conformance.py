@@ -13,6 +13,7 @@ tightens it (see `_reference_formats`); where our schema is deliberately stricte
 from __future__ import annotations
 
 import json
+import re
 import string
 import uuid
 from collections import Counter
@@ -54,10 +55,22 @@ CONTRACT_ONLY = Rules(require_timestamp=False, require_identity=False)
 
 
 def _date_time(value: object) -> bool:
-    """rfc3339-validator anchors with `$`, which also matches before a final newline."""
-    return not isinstance(value, str) or (
-        bool(validate_rfc3339(value.upper())) and not value.endswith("\n")
-    )
+    """rfc3339-validator anchors with `$`, which also matches before a final newline, and
+    refuses leap seconds, which RFC 3339 allows at 23:59:60 UTC (as JSON Schema's test suite
+    does: 1998-12-31T15:59:60.123-08:00 is valid, 1998-12-31T23:58:60Z is not)."""
+    if not isinstance(value, str):
+        return True
+    text = value.upper()
+    if text.endswith("\n"):
+        return False
+    leap = re.fullmatch(r"(.{11}(..):(..):)60(\.[0-9]+)?(Z|([+-])(..):(..))", text)
+    if leap is None:
+        return bool(validate_rfc3339(text))
+    if not validate_rfc3339(f"{leap[1]}59{leap[4] or ''}{leap[5]}"):
+        return False
+    sign = -1 if leap[6] == "-" else 1
+    offset = sign * (int(leap[7]) * 60 + int(leap[8])) if leap[6] else 0
+    return (int(leap[2]) * 60 + int(leap[3]) - offset) % 1440 == 23 * 60 + 59
 
 
 def _uuid(value: object) -> bool:
@@ -278,6 +291,8 @@ NEAR_DATE_TIMES = st.one_of(
     date_times().map(lambda s: s[:-3] + s[-2:] if s[-3] == ":" else s[:-1]),  # +0100 or naive
     date_times().map(lambda s: s[:16] + s[19:]),  # no seconds
     date_times().map(lambda s: s + "\n"),
+    date_times().map(lambda s: s[:17] + "60" + s[19:]),  # second 60: a leap second or not
+    DATES.map(lambda d: f"{d.isoformat()}T23:59:60Z"),
     st.tuples(st.integers(0, 9999), TWO, TWO, TWO, TWO, TWO).map(
         lambda t: f"{t[0]:04d}-{t[1]}-{t[2]}T{t[3]}:{t[4]}:{t[5]}Z"  # any day, hour, second
     ),

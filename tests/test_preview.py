@@ -147,3 +147,22 @@ def test_a_bad_mapping_is_reported_before_reading(tmp_path: Path) -> None:
     args = parse(["--config", str(config), str(ECOMMERCE[1])])
     with pytest.raises(UsageError, match=r"bad.toml line 5: mapping.fields.when: .*not a field"):
         args.func(args)
+
+
+async def test_a_deeply_nested_source_renders_within_the_width(tmp_path: Path) -> None:
+    """Indentation deeper than the column once made the wrapping loop forever."""
+    config = tmp_path / "m.toml"
+    config.write_text(
+        'allow_missing_timestamp = true\n[mapping]\nformat = "jsonl"\n[mapping.fields]\n'
+        'type = { const = "search" }\nuser_id = "user"\n[mapping.leftovers]\n'
+    )
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(b'{"user":"u1","x":' + b'{"b":' * 100 + b'"end"' + b"}" * 100 + b"}\n")
+    settings = load_settings(str(config), {"inputs": [str(data)]})
+    records = await preview(settings, data, 1)
+    assert [r.verdict for r in records] == ["valid"]
+    for width in (60, 140):
+        out = render(records, settings, data, width).splitlines()
+        assert all(len(x) <= width for x in out[1:])
+        assert any(x.strip().startswith('"b": "end"') for x in out)
+        assert out[-1] == "1 records: 1 valid, 0 dead letter, 0 left out"

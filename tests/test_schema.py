@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 
@@ -24,6 +26,9 @@ from backfill.schema import (
     parse_error_index,
     parse_timestamp,
 )
+from backfill.server import RunningServer
+from tests import server_fixtures
+from tests.helpers import dead_letters, run_engine, write_lines
 
 TS = "2026-08-14T12:34:56.073Z"
 BACKFILL = Rules()
@@ -295,6 +300,9 @@ def test_a_long_offending_value_is_shortened() -> None:
         "2026-08-14T12:34:56.123456789-00:00",
         "2024-02-29T00:00:00Z",
         "0001-01-01T00:00:00+23:59",
+        "1998-12-31T23:59:60Z",  # a leap second
+        "1998-12-31T15:59:60.123-08:00",  # the same leap second, seen from UTC-8
+        "2016-12-31t23:59:60.5z",
     ],
 )
 def test_rfc3339_timestamps_are_valid(timestamp: str) -> None:
@@ -313,6 +321,11 @@ def test_rfc3339_timestamps_are_valid(timestamp: str) -> None:
         "2025-02-29T00:00:00Z",
         "2026-08-14T24:00:00Z",
         "2026-08-14T12:34:60Z",
+        "1998-12-31T23:59:61Z",
+        "1998-12-31T23:58:60Z",  # a leap second falls on the last minute of a UTC day
+        "1998-12-31T22:59:60Z",
+        "1998-12-31T23:59:60+01:00",  # 22:59:60 UTC
+        "1998-12-31T23:59:60",
         "2026-08-14",
         "1723638896",
         "",
@@ -322,6 +335,16 @@ def test_other_timestamps_are_invalid(timestamp: str) -> None:
     reason = check({"type": "like", "user_id": "u", "timestamp": timestamp})
     assert reason == f"timestamp: {DATE_TIME}, got {json.dumps(timestamp)}"
     assert parse_timestamp(timestamp) is None
+
+
+def test_a_leap_second_counts_as_the_second_before_it_in_the_window() -> None:
+    assert parse_timestamp("1998-12-31T15:59:60.25-08:00") == datetime(
+        1998, 12, 31, 23, 59, 59, 250_000, tzinfo=UTC
+    )
+    new_year = datetime(1999, 1, 1, tzinfo=UTC)
+    record = {"type": "like", "user_id": "u", "timestamp": "1998-12-31T23:59:60Z"}
+    assert check(record, Rules(until=new_year)) is None
+    assert check(record, Rules(since=new_year)) is OUT_OF_WINDOW
 
 
 def test_a_numeric_timestamp_is_invalid() -> None:
@@ -558,3 +581,101 @@ def test_every_miso_line_parses_back_to_its_index() -> None:
     bad = [encode({"type": "like", "rating": 1}), b"[", encode({"type": "rate", "rating": "x"})]
     lines = miso_error_lines("interactions", bad)
     assert [parse_error_index(line) for line in lines] == [0, 1, 2]
+
+
+# --- keys given twice -----------------------------------------------------------------------
+
+TWICE = "an object may give each key only once"
+DUPLICATES = [
+    (
+        b'{"type":"search","type":"home_page_view","user_id":"u","timestamp":"'
+        + TS.encode()
+        + b'"}',
+        f'duplicate key "type": {TWICE}',
+    ),
+    (
+        b'{"type":"like","user_id":5,"user_id":"u","timestamp":"' + TS.encode() + b'"}',
+        f'duplicate key "user_id": {TWICE}',
+    ),
+    (
+        b'{"type":"like","user_id":"u","timestamp":"' + TS.encode() + b'","user_id":[1]}',
+        f'duplicate key "user_id": {TWICE}',
+    ),
+    (
+        b'{"type":"like","user_id":"u","context":{"locale":"a","locale":["b"]}}',
+        f'context: duplicate key "locale": {TWICE}',
+    ),
+    (
+        b'{"type":"like","user_id":"u","context":{"custom_context":{"n":1,"n":[1,"a"]}}}',
+        f'context.custom_context: duplicate key "n": {TWICE}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), DUPLICATES, ids=[r for _, r in DUPLICATES])
+def test_a_refused_record_with_a_key_given_twice_names_that_key(raw: bytes, reason: str) -> None:
+    assert check(raw, CONTRACT_ONLY) == reason
+
+
+def test_keys_given_twice_in_products_and_their_children() -> None:
+    products = [
+        b'{"product_id":"a","product_id":"_b"}',
+        b'{"product_id":"a","children":[{"id":"x"},{"id":"y","id":5}]}',
+    ]
+    assert [check(p, kind="products") for p in products] == [
+        f'duplicate key "product_id": {TWICE}',
+        f'children[1]: duplicate key "id": {TWICE}',
+    ]
+    assert miso_error_lines("products", products) == [
+        "data.0 is invalid. The property product_id is defined more than once.",
+        "data.1.children.1 is invalid. The property id is defined more than once.",
+    ]
+
+
+def test_a_key_given_twice_with_valid_values_keeps_the_last() -> None:
+    """Every value given is validated; when all are valid the record is, as most JSON readers
+    (Miso's among them, presumably) keep the last value."""
+    raw = b'{"type":"like","user_id":"u1","user_id":"u2","timestamp":"' + TS.encode() + b'"}'
+    assert check(raw) is None
+    assert RecordValidator("interactions", BACKFILL).decode(raw).user_id == "u2"
+
+
+# --- the embedded server validates with this module -----------------------------------------
+
+miso = server_fixtures.miso
+http = server_fixtures.http
+
+
+async def test_the_server_accepts_a_leap_second_and_names_a_key_given_twice(
+    miso: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    leap = b'{"type":"like","user_id":"u","timestamp":"2016-12-31T23:59:60.5Z"}'
+    async with http.post("/v1/interactions", data=b'{"data":[' + leap + b"]}") as r:
+        assert r.status == 200
+    assert miso.records("interactions") == [leap]
+    bad = [
+        b'{"type":"like","user_id":"u","timestamp":"2016-12-31T23:58:60Z"}',
+        b'{"type":"like","user_id":5,"user_id":"u"}',
+    ]
+    async with http.post("/v1/interactions", data=b'{"data":[' + b",".join(bad) + b"]}") as r:
+        assert r.status == 422
+        assert (await r.json())["data"] == [
+            "data.0.timestamp is invalid. The attribute should match the 'date-time' format.",
+            "data.1 is invalid. The property user_id is defined more than once.",
+        ]
+    assert miso.records("interactions") == [leap]
+
+
+async def test_a_run_loads_a_leap_second_and_dead_letters_a_key_given_twice(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    leap = b'{"type":"like","user_id":"u","timestamp":"1998-12-31T23:59:60Z"}'
+    twice = b'{"type":"like","user_id":"u","timestamp":"1998-12-31T23:00:00Z","type":"rate"}'
+    path = write_lines(tmp_path / "in.jsonl", [leap, twice])
+    report = await run_engine(
+        tmp_path, server.url, server.secret_key, [str(path)], max_invalid_ratio=1.0
+    )
+    assert server.records("interactions") == [leap]
+    [entry] = dead_letters(tmp_path / "state" / "dead-letter.jsonl")
+    assert (entry["line"], entry["reason"]) == (2, f'duplicate key "type": {TWICE}')
+    assert report["exit_code"] == 0 and report["records_accepted"] == 1

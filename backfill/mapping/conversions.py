@@ -1,4 +1,4 @@
-"""The value conversions of a mapping (see mapspec.CONVERSIONS), built once per field.
+"""The value conversions of a mapping (see spec.CONVERSIONS), built once per field.
 
 They run on every record, so each is a plain function of one value. Date-time conversions
 remember their recent inputs: event logs repeat the same second many times over, and a dict
@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import math
 import re
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Final, NamedTuple
@@ -25,7 +26,9 @@ _TRUE: Final = frozenset({"true", "1", "yes", "y", "t"})
 _FALSE: Final = frozenset({"false", "0", "no", "n", "f"})
 _ZONE_WORDS: Final = frozenset({"UTC", "GMT"})
 _SPACED_OFFSET: Final = re.compile(r"(.*\d)\s+([+-]\d\d:?\d\d)")
+_LEAP_SECOND: Final = re.compile(r"[0-9]{2}:[0-9]{2}:(60)(?![0-9])")
 _isfinite: Final = math.isfinite
+_MAX_DIGITS: Final = sys.get_int_max_str_digits()
 
 
 class ConversionError(ValueError):
@@ -71,9 +74,19 @@ def _number(value: Any) -> int | float:
             number = math.nan
         if _isfinite(number):
             if number.is_integer() and value.strip().lstrip("+-").isdigit():
-                return int(value)
+                return _whole(value)
             return number
     raise ConversionError(f"cannot parse {shown(value)} as a number")
+
+
+def _whole(text: str) -> int:
+    """Python refuses to read an integer of more than 4300 digits (leading zeros count)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ConversionError(
+            f"cannot parse {shown(text)} as a number (more than {_MAX_DIGITS} digits)"
+        ) from None
 
 
 def _integer(value: Any) -> int:
@@ -193,9 +206,34 @@ def _datetime(zone: tzinfo, formats: list[str]) -> Converter:
                 moment = moment.replace(tzinfo=zone)
             elif not formats:
                 return _canonical(text) or iso(moment)
-        return iso(moment)
+        try:
+            return iso(moment)
+        except OverflowError:  # year 1 or 9999 moved past the calendar by its offset
+            raise ConversionError(f"{shown(value)} is out of range for a date-time") from None
 
     return parse
+
+
+def _leap_seconds(parse: Converter) -> Converter:
+    """RFC 3339's leap second (23:59:60 UTC), which datetime cannot hold: parsed as second 59
+    and written back as 60 when it falls on the last minute of a UTC day."""
+
+    def convert(value: Any) -> str:
+        try:
+            return str(parse(value))
+        except ConversionError:
+            leap = _LEAP_SECOND.search(value) if type(value) is str else None
+            if leap is None:
+                raise
+            try:
+                before = str(parse(f"{value[: leap.start(1)]}59{value[leap.end(1) :]}"))
+            except ConversionError:
+                before = ""
+            if before[11:19] != "23:59:59":
+                raise
+            return f"{before[:17]}60{before[19:]}"
+
+    return convert
 
 
 def _strptime(value: str, formats: list[str]) -> datetime | None:
@@ -217,7 +255,7 @@ def _fallback(text: str) -> datetime | None:
             return None
     try:
         return email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
 
@@ -263,7 +301,7 @@ class Conversion(NamedTuple):
 
 
 def conversion(name: str, *, zone: tzinfo, formats: list[str], separator: str) -> Conversion:
-    """The conversion called `name` (one of mapspec.CONVERSIONS), ready to run."""
+    """The conversion called `name` (one of spec.CONVERSIONS), ready to run."""
     scalar: dict[str, Converter] = {
         "string": _string,
         "number": _number,
@@ -281,7 +319,7 @@ def conversion(name: str, *, zone: tzinfo, formats: list[str], separator: str) -
         return Conversion(name, convert, each=False, makes_list=True, cache=cache)
     units = {"epoch_s": 1, "epoch_ms": 1000, "epoch_us": 1_000_000}
     if name == "datetime":
-        convert, cache = _remembered(_datetime(zone, formats), "a date-time")
+        convert, cache = _remembered(_leap_seconds(_datetime(zone, formats)), "a date-time")
     elif name in units:
         convert, cache = _remembered(_epoch(units[name], name), "a date-time")
     else:

@@ -55,10 +55,10 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-import msgspec.inspect as mi
 
-from backfill.errors import UsageError
-from backfill.schema import INTERACTION_TYPES, Kind, Product, User
+from backfill.mapping.miso_fields import EXTRA_TARGET, REQUIRED_TARGET, target_problem, tree
+from backfill.mapping.where import Where
+from backfill.schema import INTERACTION_TYPES, Kind
 
 # name -> what it does, for the docs and for the "expected one of" of a bad name
 CONVERSIONS: Final[Mapping[str, str]] = {
@@ -156,72 +156,6 @@ class MappingSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return "" if self.format == "tsv" else '"'
 
 
-# ---------------------------------------------------------------------------------------------
-# Decoding, with errors that name the config line.
-# ---------------------------------------------------------------------------------------------
-
-
-class _Where:
-    """Finds the line of a key path in the config text (TOML tables, inline tables, arrays)."""
-
-    def __init__(self, config_file: str | None) -> None:
-        self.file = config_file
-        self._lines: list[str] = []
-        if config_file:
-            try:
-                with open(config_file, encoding="utf-8") as fh:
-                    self._lines = fh.read().splitlines()
-            except (OSError, UnicodeDecodeError):
-                self._lines = []
-
-    def error(self, path: Sequence[str | int], message: str) -> UsageError:
-        dotted = ".".join(f"[{p}]" if isinstance(p, int) else _key(p) for p in path)
-        dotted = dotted.replace(".[", "[")
-        where = self.file or "config"
-        line = self.line(path)
-        if line is not None:
-            where += f" line {line}"
-        return UsageError(f"{where}: {dotted}: {message}")
-
-    def line(self, path: Sequence[str | int]) -> int | None:
-        """1-based line of the deepest key of `path` found in order, or None."""
-        found: int | None = None
-        pos = 0
-        for i, seg in enumerate(path):
-            if isinstance(seg, int):
-                prev = path[i - 1] if i else None
-                hits = [n for n in range(pos, len(self._lines)) if _aot(self._lines[n], prev)]
-                if seg < len(hits):
-                    found = pos = hits[seg]
-                continue
-            pattern = _defines(seg)
-            for n in range(pos, len(self._lines)):
-                text = self._lines[n]
-                if not text.lstrip().startswith("#") and pattern.search(text):
-                    found = pos = n
-                    break
-            else:
-                break
-        return None if found is None else found + 1
-
-
-def _key(name: str) -> str:
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
-
-
-def _defines(key: str) -> re.Pattern[str]:
-    """A line that opens a table naming `key`, or assigns `key` (bare, quoted or dotted)."""
-    k = re.escape(key)
-    name = rf"""(?:{k}|"{k}"|'{k}')"""
-    return re.compile(rf"""^\s*\[\[?[^\]]*(?<![\w-]){name}(?![\w-])|(?:^|[\s{{,.]){name}\s*[=.]""")
-
-
-def _aot(line: str, key: str | int | None) -> bool:
-    if not isinstance(key, str):
-        return False
-    return re.match(rf"""^\s*\[\[[^\]]*(?<![\w-]){re.escape(key)}\s*\]\]""", line) is not None
-
-
 def _plain(exc: msgspec.ValidationError) -> tuple[list[str | int], str]:
     """msgspec says "Expected `str`, got `int` - at `$.drop[1].field`": (path, message)."""
     message, _, where = str(exc).partition(" - at `$")
@@ -237,7 +171,7 @@ def _plain(exc: msgspec.ValidationError) -> tuple[list[str | int], str]:
 
 def load_spec(mapping: Mapping[str, Any], kind: Kind, config_file: str | None) -> MappingSpec:
     """The decoded and checked [mapping] table; UsageError naming the line otherwise."""
-    where = _Where(config_file)
+    where = Where(config_file)
     raw = dict(mapping)
     fields_raw = raw.pop("fields", None)
     try:
@@ -263,7 +197,7 @@ def _hint(path: Sequence[str | int], message: str) -> str:
     return message
 
 
-def _field(where: _Where, target: str, value: Any, kind: Kind) -> FieldSpec:
+def _field(where: Where, target: str, value: Any, kind: Kind) -> FieldSpec:
     here: list[str | int] = ["mapping", "fields", target]
     if isinstance(value, str):
         value = {"from": value}
@@ -275,7 +209,7 @@ def _field(where: _Where, target: str, value: Any, kind: Kind) -> FieldSpec:
         )
     if not ({"from", "const"} & value.keys()):
         nested = all(isinstance(v, dict | str) for v in value.values())
-        if nested and target in _tree(kind):
+        if nested and target in tree(kind):
             raise where.error(
                 here,
                 f'give nested fields as quoted dotted keys, e.g. "{target}.{next(iter(value))}" '
@@ -290,7 +224,7 @@ def _field(where: _Where, target: str, value: Any, kind: Kind) -> FieldSpec:
     return spec
 
 
-def _check_field(where: _Where, here: list[str | int], f: FieldSpec, kind: Kind) -> None:
+def _check_field(where: Where, here: list[str | int], f: FieldSpec, kind: Kind) -> None:
     target = str(here[-1])
     if (f.from_ is None) == (f.const is None):
         raise where.error(here, "give exactly one of `from` (a source field) or `const`")
@@ -363,7 +297,7 @@ def _toml_datetime(value: datetime | date | time) -> str:
     return value.isoformat()
 
 
-def _check_top(where: _Where, spec: MappingSpec) -> None:
+def _check_top(where: Where, spec: MappingSpec) -> None:
     if spec.format not in FORMATS:
         raise where.error(
             ["mapping", "format"], f'"{spec.format}" (expected one of {", ".join(FORMATS)})'
@@ -402,7 +336,7 @@ def zone(name: str, fail: Any) -> tzinfo:
         ) from None
 
 
-def _check_drop(where: _Where, i: int, rule: DropRule) -> None:
+def _check_drop(where: Where, i: int, rule: DropRule) -> None:
     here: list[str | int] = ["mapping", "drop", i]
     given = [
         k
@@ -422,90 +356,7 @@ def _check_drop(where: _Where, i: int, rule: DropRule) -> None:
         raise where.error([*here, "field"], "name a source field")
 
 
-# ---------------------------------------------------------------------------------------------
-# Target fields: the Miso record's own fields, derived from the schema types.
-# ---------------------------------------------------------------------------------------------
-
-Tree = dict[str, "Tree | None"]  # None: a leaf; OPEN marks a dict of free keys
-OPEN: Final[Tree] = {}
-
-
-def _tree(kind: Kind) -> Tree:
-    return _TREES[kind]
-
-
-def _struct_tree(info: mi.StructType) -> Tree:
-    tree: Tree = {}
-    for f in info.fields:
-        tree[f.encode_name] = _node(f.type)
-    return tree
-
-
-def _node(t: mi.Type) -> Tree | None:
-    options = t.types if isinstance(t, mi.UnionType) else (t,)
-    for option in options:
-        if isinstance(option, mi.StructType):
-            return _struct_tree(option)
-        if isinstance(option, mi.DictType):
-            return OPEN
-    return None
-
-
-def _interaction_tree() -> Tree:
-    tree: Tree = {"type": None}
-    for cls in INTERACTION_TYPES.values():
-        info = mi.type_info(cls)
-        assert isinstance(info, mi.StructType)
-        for name, node in _struct_tree(info).items():
-            tree.setdefault(name, node)
-    return tree
-
-
-def _record_tree(cls: type[msgspec.Struct]) -> Tree:
-    info = mi.type_info(cls)
-    assert isinstance(info, mi.StructType)
-    return _struct_tree(info)
-
-
-_TREES: Final[Mapping[Kind, Tree]] = {
-    "interactions": _interaction_tree(),
-    "products": _record_tree(Product),
-    "users": _record_tree(User),
-}
-EXTRA_TARGET: Final[Mapping[Kind, str]] = {
-    "interactions": "context.custom_context",
-    "products": "custom_attributes",
-    "users": "custom_attributes",
-}
-REQUIRED_TARGET: Final[Mapping[Kind, str]] = {
-    "interactions": "type",
-    "products": "product_id",
-    "users": "user_id",
-}
-
-
-def target_problem(target: str, kind: Kind) -> str | None:
-    """Why `target` is not a field of a Miso record of `kind`, or None."""
-    node: Tree | None = _TREES[kind]
-    parts = target.split(".")
-    for depth, part in enumerate(parts):
-        if node is OPEN:
-            if depth != len(parts) - 1:
-                return f"the values of {'.'.join(parts[:depth])} cannot be objects"
-            return None
-        if node is None:
-            return f"{'.'.join(parts[:depth])} is not an object"
-        if part not in node:
-            close = difflib.get_close_matches(part, node, 1)
-            hint = f' (did you mean "{".".join([*parts[:depth], close[0]])}"?)' if close else ""
-            return f'"{target}" is not a field of Miso {kind}{hint}'
-        node = node[part]
-    if node is OPEN:
-        return f"{target} holds free keys: name one, e.g. {target}.my_key"
-    return None
-
-
-def _check_targets(where: _Where, spec: MappingSpec, kind: Kind) -> None:
+def _check_targets(where: Where, spec: MappingSpec, kind: Kind) -> None:
     for target in spec.fields:
         problem = target_problem(target, kind)
         if problem is not None:
@@ -518,7 +369,7 @@ def _check_targets(where: _Where, spec: MappingSpec, kind: Kind) -> None:
         )
 
 
-def _check_overlaps(where: _Where, spec: MappingSpec, kind: Kind) -> None:
+def _check_overlaps(where: Where, spec: MappingSpec, kind: Kind) -> None:
     """A target inside another one ("context" and "context.locale") would be overwritten."""
     targets = list(spec.fields)
     if spec.leftovers is not None and spec.leftovers.copy:

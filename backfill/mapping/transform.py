@@ -1,7 +1,7 @@
-"""Logs that are not in Miso's shape (CSV/TSV, JSON lines of any shape), mapped declaratively.
+"""A compiled mapping applied to a file's blocks of lines, between reading and validation.
 
-The [mapping] table of the config file (schema and example: backfill.mapspec) becomes a
-BlockTransform that sits between the reader and validation:
+The [mapping] table of the config file (schema and example: backfill.mapping.spec) becomes a
+BlockTransform:
 
     read_blocks ──Block (physical lines)──> MappingTransform.blocks ──Block (Miso JSON)──> batching
 
@@ -20,20 +20,27 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, cast
 
 import msgspec
 
 from backfill.config import Settings
-from backfill.csvrecords import Dialect, Parser, Unit, find_resume_point, frame, header_in
-from backfill.mapfields import CompiledMapping, Dropped, RecordMapper, RecordRefused
-from backfill.mapspec import MappingSpec, load_spec
-from backfill.schema import Kind
+from backfill.mapping.compiler import CompiledMapping, RecordMapper
+from backfill.mapping.csvrecords import (
+    Dialect,
+    Parser,
+    Unit,
+    find_resume_point,
+    frame,
+    header_in,
+)
+from backfill.mapping.refusals import RULE_FAILURES, Dropped, RecordRefused, rule_failure
+from backfill.mapping.spec import MappingSpec, load_spec
+from backfill.schema import Kind, invalid_utf8, undecodable
 from backfill.sources import PREVIEW, Block, BlockTransform, Problem, read_blocks
 
 __all__ = ["MappingTransform", "Observations", "build_transform", "map_file_blocks"]
 
-NOT_UTF8: Final = "not valid UTF-8 text"
 _decode_json = msgspec.json.decode
 
 
@@ -96,14 +103,15 @@ def _lengths(block: Block) -> list[int]:
 
 
 def _problem(
-    exc: Dropped | RecordRefused, index: int, length: int, raw: bytes, observe: Observations | None
+    exc: Exception, index: int, length: int, raw: bytes, observe: Observations | None
 ) -> Problem:
     """The Problem of a record the mapping dropped (no reason: filtered) or refused."""
-    if isinstance(exc, RecordRefused):
-        return Problem(str(exc), length, raw[:PREVIEW])
-    if observe is not None:
-        observe.dropped[index] = str(exc)
-    return Problem(None, length)
+    if isinstance(exc, Dropped):
+        if observe is not None:
+            observe.dropped[index] = str(exc)
+        return Problem(None, length)
+    reason = str(exc) if isinstance(exc, RecordRefused) else rule_failure(exc)
+    return Problem(reason, length, raw[:PREVIEW])
 
 
 class _JsonFile:
@@ -123,15 +131,17 @@ class _JsonFile:
                 continue
             try:
                 source = _decode_json(raw)
-                if observe is not None:
-                    observe.sources[first + slot] = source
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                reason = undecodable(raw) or "malformed JSON"
+                problems[first + slot] = Problem(reason, lengths[slot], raw[:PREVIEW])
+                continue
+            if observe is not None:
+                observe.sources[first + slot] = source
+            try:
                 if type(source) is not dict:
                     raise RecordRefused(f"expected a JSON object, got {_json_kind(source)}")
                 out[slot] = mapper(source)
-            except msgspec.DecodeError as exc:
-                reason = NOT_UTF8 if "UTF-8" in str(exc) else f"malformed JSON: {exc}"
-                problems[first + slot] = Problem(reason, lengths[slot], raw[:PREVIEW])
-            except (Dropped, RecordRefused) as exc:
+            except (Dropped, RecordRefused, *RULE_FAILURES) as exc:
                 problems[first + slot] = _problem(exc, first + slot, lengths[slot], raw, observe)
         return Block(out, first, block.offset, block.raw_bytes, problems, block.warning, lengths)
 
@@ -267,8 +277,8 @@ class _CsvFile:
                 continue  # blank, or a line the reader could not deliver (a problem already)
             try:
                 text = raw.decode()
-            except UnicodeDecodeError:
-                problems[first + slot] = Problem(NOT_UTF8, lengths[slot], raw[:PREVIEW])
+            except UnicodeDecodeError as exc:
+                problems[first + slot] = Problem(invalid_utf8(exc), lengths[slot], raw[:PREVIEW])
                 continue
             if quote and quote in text:
                 quoted.append((slot, raw, text))
@@ -278,7 +288,7 @@ class _CsvFile:
                 observe.sources[first + slot] = dict(zip(columns, row, strict=False))
             try:
                 out[slot] = mapper(row)
-            except (Dropped, RecordRefused) as exc:
+            except (Dropped, RecordRefused, *RULE_FAILURES) as exc:
                 problems[first + slot] = _problem(exc, first + slot, lengths[slot], raw, observe)
         if quoted:
             self._map_quoted(mapper, quoted, lengths, first, out, problems)
@@ -303,7 +313,7 @@ class _CsvFile:
                 observe.sources[index] = dict(zip(self.columns, row, strict=False))
             try:
                 out[slot] = mapper(row)
-            except (Dropped, RecordRefused) as exc:
+            except (Dropped, RecordRefused, *RULE_FAILURES) as exc:
                 problems[index] = _problem(exc, index, lengths[slot], raw, observe)
 
 

@@ -1,0 +1,77 @@
+"""Id files for deletes: one id per line, or JSON lines holding the id field.
+
+A delete reads ids the way an upload reads records: IdLines turns each line into the id as a
+JSON string (the transform between reading and validation), and id_check validates it by the
+contract's id rules, so that deletes go through the same batches, checkpoint and dead letters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgspec
+
+from backfill.schema import Kind
+from backfill.sources import Block, Problem
+from backfill.targets import ID_FIELD, MAX_ID
+
+
+def id_check(kind: Kind) -> Callable[[bytes], str | None]:
+    """Validates one id (a JSON string, as IdLines produces) by the contract's id rules."""
+    what = ID_FIELD[kind]
+    decode = msgspec.json.Decoder(str).decode
+
+    def check(raw: bytes) -> str | None:
+        try:
+            value = decode(raw)
+        except msgspec.MsgspecError:
+            return f"{what}: not a valid id"
+        if not value or len(value) > MAX_ID:
+            return f"{what}: must be 1 to {MAX_ID} characters, got {len(value)}"
+        if value.startswith("_"):
+            return f"{what}: must not start with '_', got {value!r}"
+        if kind == "products" and "," in value:
+            return f"{what}: must not contain ',', got {value!r}"
+        return None
+
+    return check
+
+
+class IdLines:
+    """A BlockTransform for id files: one id per line, or JSON lines holding the id field."""
+
+    def __init__(self, kind: Kind) -> None:
+        self.field = ID_FIELD[kind]
+        self._encode = msgspec.json.Encoder().encode
+        self._object = msgspec.json.Decoder(dict[str, object]).decode
+
+    def to_json(self, line: bytes) -> bytes | str:
+        """The id as a JSON string, or the reason it cannot be one."""
+        text = line.strip()
+        if text.startswith(b"{"):
+            try:
+                value = self._object(text).get(self.field)
+            except msgspec.MsgspecError as exc:
+                return f"malformed JSON: {exc}"
+            if not isinstance(value, str):
+                return f"{self.field}: missing or not a string"
+            return self._encode(value)
+        try:
+            return self._encode(text.decode())
+        except UnicodeDecodeError:
+            return "invalid UTF-8 in the id"
+
+    async def blocks(self, path: Path, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
+        async for block in blocks:
+            block.freeze_lengths()
+            for i, line in enumerate(block.lines):
+                if not line.strip():
+                    continue
+                mapped = self.to_json(line)
+                if isinstance(mapped, bytes):
+                    block.lines[i] = mapped
+                else:
+                    block.problems[block.first + i] = Problem(mapped, len(line), line)
+                    block.lines[i] = b""
+            yield block
