@@ -18,6 +18,7 @@ import msgspec
 
 from backfill.errors import UsageError
 from backfill.schema import Kind, Rules
+from backfill.targets import target_for
 
 DEFAULT_ENDPOINT = "https://api.askmiso.com"
 MiB = 1024 * 1024
@@ -78,9 +79,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def effective_batch_size(self) -> int:
         """The contract's recommendation: 10,000 interactions, 100 products or users or ids."""
-        return self.batch_size or (
-            10_000 if self.kind == "interactions" and self.operation == "upload" else 100
-        )
+        return self.batch_size or target_for(self.kind, self.operation).default_batch
 
     @property
     def dead_letter_path(self) -> Path:

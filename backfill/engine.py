@@ -48,9 +48,9 @@ from backfill.ids import IdLines, id_check
 from backfill.mapping import build_transform
 from backfill.progress import LegStats, Progress
 from backfill.retry import RetryPolicy
-from backfill.schema import RecordValidator
+from backfill.schema import KINDS, RecordValidator
 from backfill.sources import BlockTransform, Fingerprint, discover, fingerprint, read_blocks
-from backfill.targets import ID_FIELD, target_for
+from backfill.targets import target_for
 
 log = logging.getLogger("backfill")
 
@@ -98,7 +98,7 @@ class Engine:
         prints = await asyncio.to_thread(lambda: [(p, _fingerprint(p)) for p in paths])
         self._paths = {p: i for i, p in enumerate(paths)}
         if self.s.kind != "interactions" and self.s.operation == "upload":
-            id_field = ID_FIELD[self.s.kind]
+            id_field = KINDS[self.s.kind].id_field
             self._catalog = await prescan(paths, id_field, self.s.max_line_bytes, self._transform)
         cp = await Checkpoint.open(Path(self.s.state_dir))
         try:

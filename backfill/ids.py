@@ -12,14 +12,13 @@ from pathlib import Path
 
 import msgspec
 
-from backfill.schema import Kind
+from backfill.schema import KINDS, MAX_ID, Kind
 from backfill.sources import Block, Problem
-from backfill.targets import ID_FIELD, MAX_ID
 
 
 def id_check(kind: Kind) -> Callable[[bytes], str | None]:
     """Validates one id (a JSON string, as IdLines produces) by the contract's id rules."""
-    what = ID_FIELD[kind]
+    what = KINDS[kind].id_field
     decode = msgspec.json.Decoder(str).decode
 
     def check(raw: bytes) -> str | None:
@@ -42,7 +41,7 @@ class IdLines:
     """A BlockTransform for id files: one id per line, or JSON lines holding the id field."""
 
     def __init__(self, kind: Kind) -> None:
-        self.field = ID_FIELD[kind]
+        self.field = KINDS[kind].id_field
         self._encode = msgspec.json.Encoder().encode
         self._object = msgspec.json.Decoder(dict[str, object]).decode
 

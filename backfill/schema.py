@@ -524,11 +524,24 @@ _ROOT_TYPES: Final[Mapping[Kind, Any]] = {
 _DECODERS: Final[Mapping[Kind, Any]] = {
     kind: msgspec.json.Decoder(root).decode for kind, root in _ROOT_TYPES.items()
 }
-_EXTRA_GOES_TO: Final[Mapping[Kind, str]] = {
-    "interactions": "context.custom_context",
-    "products": "custom_attributes",
-    "users": "custom_attributes",
+
+
+class KindFacts(NamedTuple):
+    """What the contract says of one kind of record, in one place (miso-api.md)."""
+
+    id_field: str  # the id a delete names; interactions are deleted by their user's id
+    required: str  # the one field a record of this kind cannot lack
+    extra: str  # where information outside the closed schema belongs
+    upload_batch: int  # records per upload request, as the contract recommends
+
+
+KINDS: Final[Mapping[Kind, KindFacts]] = {
+    "interactions": KindFacts("user_id", "type", "context.custom_context", 10_000),
+    "products": KindFacts("product_id", "product_id", "custom_attributes", 100),
+    "users": KindFacts("user_id", "user_id", "custom_attributes", 100),
 }
+DELETE_BATCH: Final = 100  # ids per delete request, the catalogs' recommended batch
+MAX_ID: Final = 512  # characters of a product or user id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -834,7 +847,7 @@ def _unknown_field(kind: Kind, document: Any, field: str) -> str:
     if kind == "interactions" and owners:
         only = f" (only on {', '.join(owners)})" if len(owners) <= 3 else ""
         return f'field "{field}" is not allowed on type {_show(document.get("type"))}{only}'
-    return f'unknown field "{field}" (extra information belongs in {_EXTRA_GOES_TO[kind]})'
+    return f'unknown field "{field}" (extra information belongs in {KINDS[kind].extra})'
 
 
 def _tag_problem(tag: object) -> _Problem:

@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from backfill.schema import Kind
+from backfill.schema import DELETE_BATCH, KINDS, Kind
 
 Operation = Literal["upload", "delete"]
-ID_FIELD: dict[str, str] = {"products": "product_id", "users": "user_id", "interactions": "user_id"}
-MAX_ID = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +23,7 @@ class Target:
     path: str
     head: bytes
     tail: bytes
-    default_batch: int
+    default_batch: int  # records (or ids) per request unless --batch-size says otherwise
 
     def body(self, records: list[bytes]) -> bytes:
         return b"".join((self.head, b",".join(records), self.tail))
@@ -42,10 +40,10 @@ class Target:
 
 def target_for(kind: Kind, operation: Operation = "upload") -> Target:
     if operation == "upload":
-        batch = 10_000 if kind == "interactions" else 100
+        batch = KINDS[kind].upload_batch
         return Target(kind, operation, "POST", f"/v1/{kind}", b'{"data":[', b"]}", batch)
     if kind == "interactions":  # right to be forgotten: every interaction of these users
-        return Target(kind, operation, "DELETE", "/v1/interactions", b'{"user_ids":[', b"]}", 100)
-    field = f"{ID_FIELD[kind]}s"
-    head = b'{"data":{"%s":[' % field.encode()
-    return Target(kind, operation, "POST", f"/v1/{kind}/_delete", head, b"]}}", 100)
+        head = b'{"user_ids":['
+        return Target(kind, operation, "DELETE", "/v1/interactions", head, b"]}", DELETE_BATCH)
+    head = b'{"data":{"%ss":[' % KINDS[kind].id_field.encode()
+    return Target(kind, operation, "POST", f"/v1/{kind}/_delete", head, b"]}}", DELETE_BATCH)

@@ -27,11 +27,10 @@ import msgspec
 from backfill.errors import UsageError
 from backfill.mapping.codegen import Code
 from backfill.mapping.conversions import Conversion, ConversionError, conversion, shown, text_of
-from backfill.mapping.miso_fields import EXTRA_TARGET
 from backfill.mapping.refusals import Dropped, RecordRefused
 from backfill.mapping.shapes import CsvShape, JsonShape, Shape
 from backfill.mapping.spec import DropRule, FieldSpec, MappingSpec, zone
-from backfill.schema import Kind
+from backfill.schema import KINDS, Kind
 
 RecordMapper = Callable[[Any], bytes]
 
@@ -173,7 +172,7 @@ class CompiledMapping:
             return
         code.line("# leftovers")
         skip = self.sources | set(extra.ignore)
-        shape.leftovers(code, skip, extra.prefixes, EXTRA_TARGET[self.kind].split("."))
+        shape.leftovers(code, skip, extra.prefixes, KINDS[self.kind].extra.split("."))
 
 
 def _apply(code: Code, c: Conversion, maybe_list: bool, hashable: bool) -> str:

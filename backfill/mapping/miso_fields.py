@@ -62,16 +62,6 @@ _TREES: Final[Mapping[Kind, Tree]] = {
     "products": _record_tree(Product),
     "users": _record_tree(User),
 }
-EXTRA_TARGET: Final[Mapping[Kind, str]] = {
-    "interactions": "context.custom_context",
-    "products": "custom_attributes",
-    "users": "custom_attributes",
-}
-REQUIRED_TARGET: Final[Mapping[Kind, str]] = {
-    "interactions": "type",
-    "products": "product_id",
-    "users": "user_id",
-}
 
 
 def target_problem(target: str, kind: Kind) -> str | None:

@@ -56,9 +56,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from backfill.mapping.miso_fields import EXTRA_TARGET, REQUIRED_TARGET, target_problem, tree
+from backfill.mapping.miso_fields import target_problem, tree
 from backfill.mapping.where import Where
-from backfill.schema import INTERACTION_TYPES, Kind
+from backfill.schema import INTERACTION_TYPES, KINDS, Kind
 
 # name -> what it does, for the docs and for the "expected one of" of a bad name
 CONVERSIONS: Final[Mapping[str, str]] = {
@@ -362,7 +362,7 @@ def _check_targets(where: Where, spec: MappingSpec, kind: Kind) -> None:
         if problem is not None:
             raise where.error(["mapping", "fields", target], problem)
     _check_overlaps(where, spec, kind)
-    required = REQUIRED_TARGET[kind]
+    required = KINDS[kind].required
     if required not in spec.fields:
         raise where.error(
             ["mapping", "fields"], f"every Miso {kind[:-1]} needs `{required}`: map it"
@@ -373,7 +373,7 @@ def _check_overlaps(where: Where, spec: MappingSpec, kind: Kind) -> None:
     """A target inside another one ("context" and "context.locale") would be overwritten."""
     targets = list(spec.fields)
     if spec.leftovers is not None and spec.leftovers.copy:
-        targets.append(EXTRA_TARGET[kind] + ".*")
+        targets.append(KINDS[kind].extra + ".*")
     for outer in spec.fields:
         for inner in targets:
             if inner.startswith(outer + "."):

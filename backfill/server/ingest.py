@@ -15,10 +15,9 @@ from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 import msgspec
 
-from backfill.schema import Kind, attribute_type, miso_error_lines
+from backfill.schema import KINDS, Kind, attribute_type, miso_error_lines
 
 EntityKind = Literal["products", "users"]
-ID_FIELD: dict[EntityKind, str] = {"products": "product_id", "users": "user_id"}
 
 _LINE_INDEX = re.compile(r"^data\.(\d+)")
 _T = TypeVar("_T")
@@ -181,7 +180,7 @@ def line_index(line: str) -> int:
 def entity_objects(kind: EntityKind, records: Sequence[bytes]) -> tuple[list[Any], dict[int, str]]:
     """Decoded records, plus a line for each one without a usable id (possible when unvalidated)."""
     objects: list[Any] = [msgspec.json.decode(raw) for raw in records]
-    field = ID_FIELD[kind]
+    field = KINDS[kind].id_field
     lines = {
         index: f"data.{index}.{field} is invalid. The attribute is required and must be a string."
         for index, obj in enumerate(objects)
@@ -233,7 +232,7 @@ def admit_entities(
     rejects: Callable[[str], bool],
 ) -> EntityBatch:
     """Applies the task-time rules; rejected records go to the task status, not the store."""
-    field = ID_FIELD[kind]
+    field = KINDS[kind].id_field
     accepted: list[Entity] = []
     lines: list[str] = []
     new_types: dict[str, str] = {}
