@@ -46,7 +46,7 @@ from backfill.errors import (
 )
 from backfill.ids import IdLines, id_check
 from backfill.mapping import build_transform
-from backfill.progress import LegStats, Progress
+from backfill.progress import LegStats, Progress, rehearsal_note
 from backfill.retry import RetryPolicy
 from backfill.schema import RecordValidator
 from backfill.sources import BlockTransform, Fingerprint, discover, fingerprint, read_blocks
@@ -109,7 +109,8 @@ class Engine:
     async def _run_leg(self, cp: Checkpoint, prints: list[Any]) -> dict[str, Any]:
         current = self._settings_fingerprint()
         previous = await cp.start_leg(current, self.command)
-        changed = sorted(k for k in current if previous and previous.get(k) != current[k])
+        # a key the previous leg's version did not record is not a change
+        changed = sorted(k for k in current if previous and k in previous and previous[k] != current[k])
         if changed:
             self._warn(
                 f"settings changed since the last leg ({', '.join(changed)}): acknowledged "
@@ -150,6 +151,7 @@ class Engine:
                 msgspec.json.encode(s.mapping or {}, order="sorted")
             ).hexdigest()[:16],
             "version": __version__,
+            "rehearsal": "dry-run" if s.dry_run else "server-dry-run" if s.server_dry_run else "",
         }
 
     def _announce_resume(self, files: list[FileState], ambiguous: list[AmbiguousRange]) -> None:
@@ -428,11 +430,15 @@ class Engine:
             "endpoint": self._client_url(),
             "dry_run": self.s.dry_run,
             "server_dry_run": self.s.server_dry_run,
+            "rehearsal": self.s.dry_run or self.s.server_dry_run,
             "state_dir": self.s.state_dir,
             "dead_letter": str(self.s.dead_letter_path),
             "warnings": self.warnings,
             "error": self.error,
         }
+        note = rehearsal_note(self.s.dry_run, self.s.server_dry_run)
+        if note:
+            report["note"] = note
         if self.exit_code != EXIT_OK and self.command:
             report["resume_command"] = self.command
         return report

@@ -97,9 +97,27 @@ REPORT_ROWS = [
 ]
 
 
+def rehearsal_note(dry_run: bool, server_dry_run: bool) -> str | None:
+    """The plain sentence a rehearsal's report, table and `status` carry."""
+    if dry_run:
+        return (
+            "rehearsal (--dry-run): nothing was sent and nothing was stored; "
+            "run without --dry-run to load the records"
+        )
+    if server_dry_run:
+        return (
+            "rehearsal (--server-dry-run): the API checked the records and stored nothing; "
+            "run without --server-dry-run to load them (a rehearsal keeps its own checkpoint)"
+        )
+    return None
+
+
 def render_report(report: dict[str, Any]) -> str:
     width = max(len(label) for _, label in REPORT_ROWS)
-    lines = [f"backfill {report['status']} (exit {report['exit_code']})"]
+    head = f"backfill {report['status']} (exit {report['exit_code']})"
+    lines = [head + (": a rehearsal, nothing was stored" if report.get("rehearsal") else "")]
+    if report.get("note"):
+        lines.append(f"  {report['note']}")
     for key, label in REPORT_ROWS:
         value = report.get(key, 0)
         shown = f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"

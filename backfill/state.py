@@ -10,6 +10,10 @@ from pathlib import Path
 
 from backfill.checkpoint import DB_NAME, Checkpoint, open_readonly, read_ambiguous, read_totals
 from backfill.config import Settings
+from backfill.progress import rehearsal_note
+
+# flag -> the subdir of the state dir that holds a rehearsal's own checkpoint
+REHEARSAL_DIRS = {"dry-run": "dry-run", "server-dry-run": "server-dry-run"}
 
 
 def reset_state(settings: Settings) -> None:
@@ -51,6 +55,11 @@ def status_text(state_dir: Path) -> str:
     out = [
         f"state dir:          {state_dir}",
         f"kind:               {settings.get('kind', '?')}",
+    ]
+    rehearsal = settings.get("rehearsal")
+    if rehearsal:
+        out.append(f"rehearsal:          {rehearsal_note(rehearsal == 'dry-run', True)}")
+    out += [
         f"files:              {done} done of {len(files)} known",
         f"records read:       {t.records_read:,}",
         f"records accepted:   {t.records_accepted:,}",

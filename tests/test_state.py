@@ -1,0 +1,83 @@
+"""The state dir as a user meets it: rehearsals, lost checkpoints, `status`, a full disk.
+
+Every test drives real `backfill` subprocesses against the embedded server on 127.0.0.1 and
+checks what the server stored, what the state dir holds and what the user was told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from backfill.server import RunningServer
+from tests.helpers import dead_letters, interaction, line, write_lines
+
+
+async def backfill(*args: str, key: str = "", cwd: Path | None = None) -> tuple[int, str, str]:
+    """One `backfill` command: (exit code, stdout, stderr)."""
+    env = {**os.environ, "MISO_API_KEY": key}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "backfill", *args, env=env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def run_args(server: RunningServer, state: Path, report: Path, *inputs: Path) -> list[str]:
+    return [
+        "run", *map(str, inputs), "--endpoint", server.url, "--state-dir", str(state),
+        "--report", str(report), "--batch-size", "100", "--progress", "off",
+        "--backoff-initial", "0.01",
+    ]  # fmt: skip
+
+
+def valid_and_invalid(tmp_path: Path, valid: int, every: int = 0) -> tuple[Path, list[bytes]]:
+    """A log of `valid` valid records with a broken line after every `every`-th one."""
+    good = [line(interaction(i)) for i in range(valid)]
+    rows: list[bytes] = []
+    for i, row in enumerate(good):
+        rows.append(row)
+        if every and i % every == every - 1:
+            rows.append(b'{"broken": %d' % i)
+    return write_lines(tmp_path / "a.jsonl", rows), good
+
+
+def report_of(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+# -- a rehearsal never stands in for the real load ---------------------------------------
+
+
+async def test_a_rehearsal_then_the_real_load_sends_everything(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    path, good = valid_and_invalid(tmp_path, 300, every=150)
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    args = run_args(server, state, report, path)
+
+    code, out, err = await backfill(*args, "--server-dry-run", key=server.secret_key)
+    assert code == 0, err
+    assert server.records("interactions") == []
+    rehearsal = report_of(report)
+    assert rehearsal["rehearsal"] is True and rehearsal["records_accepted"] == 300
+    assert "stored nothing" in rehearsal["note"]
+    assert "backfill completed (exit 0): a rehearsal, nothing was stored" in out
+    assert len(dead_letters(state / "server-dry-run" / "dead-letter.jsonl")) == 2
+    code, out, _ = await backfill("status", "--state-dir", str(state / "server-dry-run"))
+    assert code == 0 and "rehearsal:" in out and "stored nothing" in out
+
+    code, out, err = await backfill(*args, key=server.secret_key)
+    assert code == 0, err
+    assert sorted(server.records("interactions")) == sorted(good)
+    real = report_of(report)
+    assert real["rehearsal"] is False and "note" not in real
+    assert real["records_accepted"] == 300 and real["records_invalid"] == 2
+    assert "nothing was stored" not in out
+    assert [e["line"] for e in dead_letters(state / "dead-letter.jsonl")] == [151, 302]
