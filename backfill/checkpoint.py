@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from backfill.batching import Plan
-from backfill.errors import InputChanged, StateLocked, UsageError
+from backfill.errors import BackfillError, CheckpointLost, InputChanged, StateLocked, UsageError
 from backfill.sources import Fingerprint
 
 T = TypeVar("T")
 DB_NAME = "checkpoint.sqlite"
 LOCK_NAME = "lock"
+CORE_TABLES = ("meta", "files", "batches", "legs")  # in every checkpoint since the first
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -141,15 +142,37 @@ class Checkpoint:
     # -- lifecycle -----------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, state_dir: Path) -> Checkpoint:
+    async def open(
+        cls, state_dir: Path, *, fresh: bool = False, dead_letter: Path | None = None
+    ) -> Checkpoint:
+        """Locks the state dir and opens its checkpoint, creating it on a first run.
+
+        A missing or empty checkpoint in a state dir that shows an earlier run (its lock,
+        WAL files, dead letters) is refused unless `fresh` (--restart): starting afresh
+        would send again every record that run had acknowledged."""
         cp = cls(state_dir)
         try:
+            traces = [] if fresh else cp._traces(dead_letter)
             cp.lock()
-            await cp._call(cp._connect)
+            await cp._call(cp._connect, traces)
         except (OSError, sqlite3.Error) as exc:
             await cp.close()
-            raise UsageError(f"cannot use state dir {state_dir}: {exc}") from None
+            raise UsageError(
+                f"cannot use state dir {state_dir}: {exc} (--restart --yes starts over)"
+            ) from None
+        except BackfillError:
+            await cp.close()
+            raise
         return cp
+
+    def _traces(self, dead_letter: Path | None) -> list[str]:
+        """What an earlier run leaves in the state dir besides its checkpoint."""
+        names = [LOCK_NAME, DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"]
+        found = [n for n in names if (self.state_dir / n).exists()]
+        inside = dead_letter is not None and dead_letter.resolve().parent == self.state_dir.resolve()
+        if dead_letter is not None and inside and dead_letter.exists():
+            found.append(dead_letter.name)
+        return found
 
     @classmethod
     @contextlib.contextmanager
@@ -184,11 +207,18 @@ class Checkpoint:
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
 
-    def _connect(self) -> None:
+    def _connect(self, traces: list[str]) -> None:
         path = self.state_dir / DB_NAME
         if not path.exists():
+            if traces:
+                raise self._lost("is missing", traces)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self._check_tables(db, traces)
+        except BaseException:
+            db.close()
+            raise
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
@@ -196,6 +226,26 @@ class Checkpoint:
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(str(path) + suffix, 0o600)
         self._db = db
+
+    def _check_tables(self, db: sqlite3.Connection, traces: list[str]) -> None:
+        """Every checkpoint ever written has these tables; none of them is a first run,
+        some of them is damage."""
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = [t for t in CORE_TABLES if t not in tables]
+        if not missing or (len(missing) == len(CORE_TABLES) and not traces):
+            return
+        if len(missing) < len(CORE_TABLES):
+            raise self._lost(f"has lost tables ({', '.join(missing)})", traces)
+        size = (self.state_dir / DB_NAME).stat().st_size
+        raise self._lost("is empty (0 bytes)" if size == 0 else "has no tables", traces)
+
+    def _lost(self, what: str, traces: list[str]) -> CheckpointLost:
+        return CheckpointLost(
+            f"the checkpoint {self.state_dir / DB_NAME} {what}, but the state dir shows an "
+            f"earlier run ({', '.join(traces)}): starting afresh would send again every record "
+            "that run had acknowledged. Restore the checkpoint, or start over on purpose with "
+            "--restart --yes"
+        )
 
     async def close(self) -> None:
         if self._db is not None:

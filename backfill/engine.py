@@ -100,7 +100,11 @@ class Engine:
         if self.s.kind != "interactions" and self.s.operation == "upload":
             id_field = ID_FIELD[self.s.kind]
             self._catalog = await prescan(paths, id_field, self.s.max_line_bytes, self._transform)
-        cp = await Checkpoint.open(Path(self.s.state_dir))
+        cp = await Checkpoint.open(
+            Path(self.s.state_dir),
+            fresh=self.s.restart or self.s.dry_run,  # the command has just reset it
+            dead_letter=self.s.dead_letter_path,
+        )
         try:
             return await self._run_leg(cp, prints)
         finally:

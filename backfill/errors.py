@@ -2,7 +2,8 @@
 
 BackfillError                 any failure we expect and can explain (no traceback shown)
 ├── UsageError                bad flags, config or inputs                        exit 2
-│   └── InputChanged          a resumed input file differs from the checkpoint   exit 2
+│   ├── InputChanged          a resumed input file differs from the checkpoint   exit 2
+│   └── CheckpointLost        an earlier run's checkpoint is missing or empty    exit 2
 ├── StateLocked               another process holds the state dir                exit 2
 ├── Abandoned                 a batch given up because the run is stopping (the stop's code)
 └── NeedsUser                 stopped; resumable once the user acts              exit 3
@@ -32,6 +33,10 @@ class UsageError(BackfillError):
 
 
 class InputChanged(UsageError):
+    pass
+
+
+class CheckpointLost(UsageError):
     pass
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from backfill.server import RunningServer
 from tests.helpers import dead_letters, interaction, line, write_lines
@@ -81,3 +84,69 @@ async def test_a_rehearsal_then_the_real_load_sends_everything(
     assert real["records_accepted"] == 300 and real["records_invalid"] == 2
     assert "nothing was stored" not in out
     assert [e["line"] for e in dead_letters(state / "dead-letter.jsonl")] == [151, 302]
+
+
+# -- a lost checkpoint is never a silent fresh start --------------------------------------
+
+
+def _truncate(db: Path) -> None:
+    db.write_bytes(b"")
+
+
+def _delete(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def _drop(*tables: str) -> Any:
+    def drop(db: Path) -> None:
+        conn = sqlite3.connect(db)
+        with conn:
+            for table in tables:
+                conn.execute(f"DROP TABLE {table}")
+        conn.close()
+
+    return drop
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (_truncate, "is empty (0 bytes)"),
+        (_delete, "is missing"),
+        (_drop("meta", "files", "batches", "ambiguous", "legs"), "has no tables"),
+        (_drop("batches"), "has lost tables (batches)"),
+    ],
+)
+async def test_a_lost_checkpoint_is_refused_until_restart(
+    tmp_path: Path, server: RunningServer, damage: Any, said: str
+) -> None:
+    path, good = valid_and_invalid(tmp_path, 250, every=100)
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    args = run_args(server, state, report, path)
+    code, _, err = await backfill(*args, key=server.secret_key)
+    assert code == 0, err
+    requests = (await server.stats())["requests"]["total"]
+
+    damage(state / "checkpoint.sqlite")
+    code, out, err = await backfill(*args, key=server.secret_key)
+    assert code == 2, out + err
+    assert said in err and "--restart --yes" in err and "earlier run (lock" in err
+    assert (await server.stats())["requests"]["total"] == requests  # nothing sent again
+    assert sorted(server.records("interactions")) == sorted(good)
+
+    code, _, err = await backfill(*args, "--restart", "--yes", key=server.secret_key)
+    assert code == 0, err
+    assert sorted(server.records("interactions")) == sorted(good + good)  # on purpose
+    assert report_of(report)["records_accepted"] == 250
+
+
+async def test_a_new_or_empty_state_dir_is_a_fresh_start(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    path, good = valid_and_invalid(tmp_path, 10)
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    state.mkdir()
+    code, _, err = await backfill(*run_args(server, state, report, path), key=server.secret_key)
+    assert code == 0, err
+    assert sorted(server.records("interactions")) == sorted(good)
