@@ -273,6 +273,10 @@ class Engine:
                 if f.done:
                     continue
                 await self._read_file(f)
+        except TooManyInvalid as exc:
+            # stop reading, but deliver what was read: its dead letters are then all written
+            # and the report counts exactly the lines the message speaks of
+            self.exit_code, self.error = exc.exit_code, self.secret.redact(str(exc))
         except BackfillError as exc:
             self._fail(exc)
             return
@@ -332,12 +336,12 @@ class Engine:
     async def _submit(self, batch: Batch) -> None:
         self.stats.records_read += batch.lines_read
         self.stats.records_invalid += len(batch.invalid)
-        self._check_invalid_ratio()
         if batch.records:
             await self._queue.put(batch)
-            return
-        self._dlq.write(batch.source, batch.invalid)  # nothing to send: settle it here
-        await self._cp.mark_acked(*self._row(batch), (0, 0, 0, 0), leg=self._leg_counts())
+        else:  # nothing to send: settle it here
+            self._dlq.write(batch.source, batch.invalid)
+            await self._cp.mark_acked(*self._row(batch), (0, 0, 0, 0), leg=self._leg_counts())
+        self._check_invalid_ratio()
 
     def _check_invalid_ratio(self) -> None:
         s, window = self.stats, self.s.invalid_ratio_window

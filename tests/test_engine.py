@@ -218,6 +218,35 @@ async def test_too_many_invalid_records_stop_the_run(tmp_path: Path, server: Run
     assert report["exit_code"] == 3 and "--max-invalid-ratio" in report["error"]
 
 
+async def test_the_invalid_ratio_stop_dead_letters_and_counts_every_line_read(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """Two lines in three are invalid: the stop comes after 4 batches of 30 lines (a batch
+    closes at 20 invalid; the window is 100); each invalid line of those 120 is dead-lettered."""
+    rows = []
+    for i in range(100):
+        rows += [line(interaction(i)), b'{"event": "view", "sku": "%d"}' % i, b"{broken"]
+    path = write_lines(tmp_path / "a.jsonl", rows)
+    run = dict(batch_size=20, concurrency=2, invalid_ratio_window=100)
+    report = await run_engine(tmp_path, server.url, server.secret_key, [str(path)], **run)
+    assert report["exit_code"] == 3
+    assert "80 of the first 120 records are invalid" in report["error"]
+    dead = tmp_path / "state" / "dead-letter.jsonl"
+    assert sorted(e["line"] for e in dead_letters(dead)) == [
+        n + 1 for n in range(120) if n % 3
+    ]
+    assert report["records_read"] == 120 and report["records_invalid"] == 80
+    assert report["records_accepted"] == 40  # the valid records of what was read
+    assert numbers(server.records("interactions")) == list(range(40))
+
+    report = await run_engine(
+        tmp_path, server.url, server.secret_key, [str(path)], **run, max_invalid_ratio=1.0
+    )
+    assert report["exit_code"] == 0 and report["records_read"] == 300
+    assert sorted(e["line"] for e in dead_letters(dead)) == [n + 1 for n in range(300) if n % 3]
+    assert sorted(numbers(server.records("interactions"))) == list(range(100))
+
+
 async def test_dry_runs_store_nothing(tmp_path: Path, server: RunningServer) -> None:
     path = write_lines(tmp_path / "a.jsonl", [line(interaction(i)) for i in range(1_500)])
     report = await run_engine(tmp_path / "d", server.url, "", [str(path)], dry_run=True)
