@@ -44,6 +44,7 @@ from backfill.errors import (
     TooManyInvalid,
     UsageError,
 )
+from backfill.hints import SAMPLES, hint
 from backfill.ids import IdLines, id_check
 from backfill.mapping import build_transform
 from backfill.progress import LegStats, Progress, rehearsal_note
@@ -86,6 +87,7 @@ class Engine:
         self._reader: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._ratio_checked = False
+        self._samples: list[bytes] = []  # the leg's first invalid lines, to guess a cause from
         self._done = asyncio.Event()
         self._drain_timer: asyncio.TimerHandle | None = None
         self._sender: Sender | None = None
@@ -141,6 +143,7 @@ class Engine:
             self._fail(exc)
         finally:
             self._dlq.close()
+        self._check_all_invalid(await cp.totals())
         await cp.end_leg(self.exit_code, self.error, self._leg_counts())
         return self._report(await cp.totals(), await cp.ambiguous_ranges())
 
@@ -336,6 +339,8 @@ class Engine:
     async def _submit(self, batch: Batch) -> None:
         self.stats.records_read += batch.lines_read
         self.stats.records_invalid += len(batch.invalid)
+        if batch.invalid and len(self._samples) < SAMPLES:
+            self._samples += [r.raw for r in batch.invalid[: SAMPLES - len(self._samples)]]
         if batch.records:
             await self._queue.put(batch)
         else:  # nothing to send: settle it here
@@ -353,9 +358,29 @@ class Engine:
             raise TooManyInvalid(
                 f"{s.records_invalid:,} of the first {s.records_read:,} records are invalid "
                 f"({ratio:.0%} > --max-invalid-ratio {self.s.max_invalid_ratio}): the input "
-                f"does not look like Miso {self.s.kind} records. See {self.s.dead_letter_path}; "
-                "rerun with --max-invalid-ratio 1 to load the valid ones anyway"
+                f"does not look like Miso {self.s.kind} records{self._hint()}. See "
+                f"{self.s.dead_letter_path}; rerun with --max-invalid-ratio 1 to load the "
+                "valid ones anyway"
             )
+
+    def _check_all_invalid(self, totals: Totals) -> None:
+        """An input too small for the ratio window, and entirely invalid: nothing was
+        loaded, which must not look like success."""
+        if self.exit_code != EXIT_OK or self.s.max_invalid_ratio >= 1.0:
+            return
+        if not 0 < totals.records_invalid == totals.records_read:
+            return
+        n = totals.records_read
+        what = "the only record read is" if n == 1 else f"all {n:,} records read are"
+        self.exit_code = TooManyInvalid.exit_code
+        self.error = (
+            f"{what} invalid, so nothing was loaded{self._hint()}. See "
+            f"{self.s.dead_letter_path} for each line's reason"
+        )
+
+    def _hint(self) -> str:
+        text = hint(self.s.kind, self._samples, mapped=self._transform is not None)
+        return f" ({text})" if text and self.s.operation == "upload" else ""
 
     @staticmethod
     def _row(batch: Batch) -> tuple[tuple[int, int], tuple[int, int, int], tuple[int, int, int]]:

@@ -27,6 +27,11 @@ class LegStats:
     started: float = 0.0
 
 
+def plural(n: int, word: str, words: str = "") -> str:
+    """The count and the word that agrees with it: "1 batch", "2 batches"."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
 def _rate(n: float, seconds: float) -> float:
     return n / seconds if seconds > 0 else 0.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -245,6 +246,38 @@ async def test_the_invalid_ratio_stop_dead_letters_and_counts_every_line_read(
     assert report["exit_code"] == 0 and report["records_read"] == 300
     assert sorted(e["line"] for e in dead_letters(dead)) == [n + 1 for n in range(300) if n % 3]
     assert sorted(numbers(server.records("interactions"))) == list(range(100))
+
+
+async def test_a_small_input_that_is_all_invalid_says_why(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """Fewer records than the ratio window, none valid: exit 3 with the likely cause."""
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([interaction(0), interaction(1)], indent=2))
+    report = await run_engine(tmp_path / "1", server.url, server.secret_key, [str(export)])
+    assert report["exit_code"] == 3 and report["status"] == "stopped"
+    lines = export.read_text().count("\n") + 1
+    assert f"all {lines} records read are invalid, so nothing was loaded" in report["error"]
+    assert "this looks like one JSON document" in report["error"]
+    assert report["records_invalid"] == lines
+
+    events = write_lines(tmp_path / "events.jsonl", [line(interaction(i)) for i in range(5)])
+    report = await run_engine(
+        tmp_path / "2", server.url, server.secret_key, [str(events)], kind="products"
+    )
+    assert report["exit_code"] == 3
+    assert "all 5 records read are invalid" in report["error"]
+    assert "look like interactions, not products: use --kind interactions" in report["error"]
+    assert (await server.stats())["requests"]["total"] == 0
+
+    one = write_lines(tmp_path / "one.jsonl", [b'{"sku": 1}'])
+    report = await run_engine(tmp_path / "3", server.url, server.secret_key, [str(one)])
+    assert report["exit_code"] == 3 and "the only record read is invalid" in report["error"]
+    assert "logs of another shape need a [mapping]" in report["error"]
+    report = await run_engine(
+        tmp_path / "4", server.url, server.secret_key, [str(one)], max_invalid_ratio=1.0
+    )
+    assert report["exit_code"] == 0  # accepted on purpose
 
 
 async def test_dry_runs_store_nothing(tmp_path: Path, server: RunningServer) -> None:
