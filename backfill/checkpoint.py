@@ -544,7 +544,12 @@ def read_ambiguous(db: sqlite3.Connection) -> list[dict[str, Any]]:
 
 
 def open_readonly(state_dir: Path) -> sqlite3.Connection:
+    """Reads without writing anything: with no WAL file (the last run closed cleanly) the
+    database is opened immutable, so SQLite creates no -wal/-shm files, and a read-only
+    state dir can be read."""
     path = state_dir / DB_NAME
-    if not path.exists():
+    if not path.is_file():
         raise UsageError(f"no checkpoint in {state_dir} (expected {path})")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    wal = Path(f"{path}-wal").exists()
+    uri = f"{path.resolve().as_uri()}?{'mode=ro' if wal else 'immutable=1'}"
+    return sqlite3.connect(uri, uri=True)

@@ -7,10 +7,13 @@ checks what the server stored, what the state dir holds and what the user was to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +153,70 @@ async def test_a_new_or_empty_state_dir_is_a_fresh_start(
     code, _, err = await backfill(*run_args(server, state, report, path), key=server.secret_key)
     assert code == 0, err
     assert sorted(server.records("interactions")) == sorted(good)
+
+
+# -- `status` only reads ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[Path]:
+    """The same directory, read-only: a read-only bind mount as root (root ignores modes),
+    the directory's mode otherwise."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        try:
+            yield directory
+        finally:
+            directory.chmod(0o755)
+        return
+    view = directory.with_name(directory.name + "-ro")
+    view.mkdir()
+    mount = subprocess.run(
+        f"mount --bind {directory} {view} && mount -o remount,ro,bind {view}",
+        shell=True, capture_output=True,
+    )  # fmt: skip
+    if mount.returncode != 0:
+        subprocess.run(["umount", str(view)], capture_output=True)
+        pytest.skip(f"cannot mount a read-only view here: {mount.stderr.decode().strip()}")
+    try:
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
+async def test_status_only_reads_and_explains_what_it_cannot_read(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    state = tmp_path / "state"
+    code, out, err = await backfill("status", "--state-dir", str(state))
+    assert (code, out) == (2, "") and f"no checkpoint in {state}" in err
+
+    path, _ = valid_and_invalid(tmp_path, 150, every=50)
+    args = run_args(server, state, tmp_path / "report.json", path)
+    code, _, err = await backfill(*args, "--server-dry-run", key=server.secret_key)
+    assert code == 0, err
+    code, _, err = await backfill("status", "--state-dir", str(state))
+    assert code == 2 and f"a rehearsal's checkpoint is in {state / 'server-dry-run'}" in err
+
+    code, _, err = await backfill(*args, key=server.secret_key)
+    assert code == 0, err
+    before = sorted(p.name for p in state.iterdir())
+    code, out, err = await backfill("status", "--state-dir", str(state))
+    assert code == 0, err
+    assert "records accepted:   150" in out and "invalid (dead-lettered): 3" in out
+    assert "load:               completed" in out and "last command:       backfill run" in out
+    assert "to continue" not in out
+    assert sorted(p.name for p in state.iterdir()) == before  # no -wal, no -shm
+
+    with read_only(state) as view:
+        code, out, err = await backfill("status", "--state-dir", str(view))
+    assert code == 0, err
+    assert "records accepted:   150" in out
+
+    db = state / "checkpoint.sqlite"
+    for damage, said in ((b"", "no such table"), (b"garbage " * 1000, "not a database")):
+        db.write_bytes(damage)
+        code, out, err = await backfill("status", "--state-dir", str(state))
+        assert (code, out) == (2, ""), err
+        assert said in err and "it is damaged, unreadable or not a checkpoint" in err
+        assert "Traceback" not in err
