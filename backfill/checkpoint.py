@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -30,6 +31,7 @@ from backfill.errors import BackfillError, CheckpointLost, InputChanged, StateLo
 from backfill.sources import Fingerprint
 
 T = TypeVar("T")
+log = logging.getLogger("backfill")
 DB_NAME = "checkpoint.sqlite"
 LOCK_NAME = "lock"
 CORE_TABLES = ("meta", "files", "batches", "legs")  # in every checkpoint since the first
@@ -55,6 +57,7 @@ CREATE TABLE IF NOT EXISTS ambiguous (
     file_id INTEGER NOT NULL, start_line INTEGER NOT NULL, end_line INTEGER NOT NULL,
     records INTEGER NOT NULL, leg INTEGER NOT NULL, resolution TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS warnings (message TEXT PRIMARY KEY, leg INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS legs (
     id INTEGER PRIMARY KEY, started REAL NOT NULL, last_seen REAL NOT NULL,
     exit_code INTEGER, error TEXT,
@@ -151,25 +154,31 @@ class Checkpoint:
         WAL files, dead letters) is refused unless `fresh` (--restart): starting afresh
         would send again every record that run had acknowledged."""
         cp = cls(state_dir)
+        await cp.connect(fresh=fresh, dead_letter=dead_letter)
+        return cp
+
+    async def connect(self, *, fresh: bool = False, dead_letter: Path | None = None) -> None:
+        """See `open`; on failure the checkpoint is left closed."""
         try:
-            traces = [] if fresh else cp._traces(dead_letter)
-            cp.lock()
-            await cp._call(cp._connect, traces)
+            traces = [] if fresh else self._traces(dead_letter)
+            self.lock()
+            await self._call(self._connect, traces)
         except (OSError, sqlite3.Error) as exc:
-            await cp.close()
+            await self.close()
             raise UsageError(
-                f"cannot use state dir {state_dir}: {exc} (--restart --yes starts over)"
+                f"cannot use state dir {self.state_dir}: {exc} (--restart --yes starts over)"
             ) from None
         except BackfillError:
-            await cp.close()
+            await self.close()
             raise
-        return cp
 
     def _traces(self, dead_letter: Path | None) -> list[str]:
         """What an earlier run leaves in the state dir besides its checkpoint."""
         names = [LOCK_NAME, DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"]
         found = [n for n in names if (self.state_dir / n).exists()]
-        inside = dead_letter is not None and dead_letter.resolve().parent == self.state_dir.resolve()
+        inside = (
+            dead_letter is not None and dead_letter.resolve().parent == self.state_dir.resolve()
+        )
         if dead_letter is not None and inside and dead_letter.exists():
             found.append(dead_letter.name)
         return found
@@ -479,7 +488,22 @@ class Checkpoint:
             ],
         )
 
+    def note_warning(self, message: str) -> None:
+        """Kept for the report of every later leg. Queued on the checkpoint thread without
+        waiting (a warning is said where no await is possible); `close` waits for it."""
+        self._pool.submit(self._note_warning, message)
+
+    def _note_warning(self, message: str) -> None:
+        try:
+            self._tx([("INSERT OR IGNORE INTO warnings VALUES (?, ?)", (message, self.leg))])
+        except sqlite3.Error as exc:  # the warning was printed; the report may lack it
+            log.warning("cannot keep a warning in the checkpoint: %s", exc)
+
     # -- reading -------------------------------------------------------------------------
+
+    async def warnings(self) -> list[str]:
+        """Every leg's warnings, each once, in the order they first appeared."""
+        return await self._call(read_warnings, self._require())
 
     async def totals(self) -> Totals:
         return await self._call(read_totals, self._require())
@@ -523,6 +547,12 @@ def read_totals(db: sqlite3.Connection) -> Totals:
     t.requests, t.retries = int(row[2]), int(row[3])
     t.files_total = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
     return t
+
+
+def read_warnings(db: sqlite3.Connection) -> list[str]:
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name='warnings'").fetchone():
+        return []  # a checkpoint from before warnings were kept, read without writing
+    return [r[0] for r in db.execute("SELECT message FROM warnings ORDER BY rowid")]
 
 
 def read_ambiguous(db: sqlite3.Connection) -> list[dict[str, Any]]:

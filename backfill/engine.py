@@ -87,6 +87,9 @@ class Engine:
         self._reader: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._ratio_checked = False
+        self._cp = Checkpoint(Path(settings.state_dir))
+        self._dlq = DeadLetterFile(settings.dead_letter_path)
+        self._paths: dict[Path, int] = {}  # input file -> its index in sorted order
         self._samples: list[bytes] = []  # the leg's first invalid lines, to guess a cause from
         self._done = asyncio.Event()
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -102,21 +105,42 @@ class Engine:
         if self.s.kind != "interactions" and self.s.operation == "upload":
             id_field = ID_FIELD[self.s.kind]
             self._catalog = await prescan(paths, id_field, self.s.max_line_bytes, self._transform)
-        cp = await Checkpoint.open(
-            Path(self.s.state_dir),
+        await self._cp.connect(
             fresh=self.s.restart or self.s.dry_run,  # the command has just reset it
             dead_letter=self.s.dead_letter_path,
         )
         try:
-            return await self._run_leg(cp, prints)
+            return await self._run_leg(prints)
         finally:
-            await cp.close()
+            await self._cp.close()
 
-    async def _run_leg(self, cp: Checkpoint, prints: list[Any]) -> dict[str, Any]:
+    async def _run_leg(self, prints: list[tuple[Path, Fingerprint]]) -> dict[str, Any]:
+        files = await self._start_leg(prints)
+        self.stats.bytes_total = sum(fp.size for _, fp in prints)
+        self.stats.bytes_done = sum(
+            fp.size for (_, fp), f in zip(prints, files, strict=True) if f.done
+        )
+        self.stats.started = time.monotonic()
+        try:
+            await self._pipeline(files)
+        except BackfillError as exc:
+            self._fail(exc)
+        finally:
+            self._dlq.close()
+        cp = self._cp
+        self._check_all_invalid(await cp.totals())
+        await cp.end_leg(self.exit_code, self.error, self._leg_counts())
+        return self._report(await cp.totals(), await cp.ambiguous_ranges(), await cp.warnings())
+
+    async def _start_leg(self, prints: list[tuple[Path, Fingerprint]]) -> list[FileState]:
+        """Records the leg, matches the inputs with the checkpoint and plans the resume."""
+        cp = self._cp
         current = self._settings_fingerprint()
         previous = await cp.start_leg(current, self.command)
         # a key the previous leg's version did not record is not a change
-        changed = sorted(k for k in current if previous and k in previous and previous[k] != current[k])
+        changed = sorted(
+            k for k in current if previous and k in previous and previous[k] != current[k]
+        )
         if changed:
             self._warn(
                 f"settings changed since the last leg ({', '.join(changed)}): acknowledged "
@@ -130,22 +154,8 @@ class Engine:
         await cp.plan_files(files, reread)
         self._announce_resume(files, ambiguous)
         suppress = self._suppressed(files) if reread or cp.previous_leg_crashed else set()
-        self._dlq = DeadLetterFile(self.s.dead_letter_path, suppress)
-        self._cp = cp
-        self.stats.bytes_total = sum(fp.size for _, fp in prints)
-        self.stats.bytes_done = sum(
-            fp.size for (_, fp), f in zip(prints, files, strict=True) if f.done
-        )
-        self.stats.started = time.monotonic()
-        try:
-            await self._pipeline(files)
-        except BackfillError as exc:
-            self._fail(exc)
-        finally:
-            self._dlq.close()
-        self._check_all_invalid(await cp.totals())
-        await cp.end_leg(self.exit_code, self.error, self._leg_counts())
-        return self._report(await cp.totals(), await cp.ambiguous_ranges())
+        self._dlq.open(suppress)
+        return files
 
     def _settings_fingerprint(self) -> dict[str, Any]:
         s = self.s
@@ -334,6 +344,7 @@ class Engine:
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
+        self._cp.note_warning(message)
         print(f"warning: {message}", file=self.out)
 
     async def _submit(self, batch: Batch) -> None:
@@ -343,8 +354,10 @@ class Engine:
             self._samples += [r.raw for r in batch.invalid[: SAMPLES - len(self._samples)]]
         if batch.records:
             await self._queue.put(batch)
-        else:  # nothing to send: settle it here
+        else:  # nothing to send: settle it here, its dead letters on disk first
             self._dlq.write(batch.source, batch.invalid)
+            if batch.invalid:
+                await self._dlq.persist()
             await self._cp.mark_acked(*self._row(batch), (0, 0, 0, 0), leg=self._leg_counts())
         self._check_invalid_ratio()
 
@@ -416,7 +429,7 @@ class Engine:
             self.stats.in_flight -= 1
         self._dlq.write(batch.source, d.rejected)
         if d.rejected or batch.invalid:
-            self._dlq.sync()
+            await self._dlq.persist()
         outcome = (d.accepted, len(d.rejected), d.requests, d.retries)
         await self._cp.mark_acked(
             key, span, counts, outcome, d.accepted * d.ambiguous, leg=self._leg_counts()
@@ -428,7 +441,9 @@ class Engine:
 
     # -- report --------------------------------------------------------------------------
 
-    def _report(self, totals: Totals, ambiguous: list[dict[str, Any]]) -> dict[str, Any]:
+    def _report(
+        self, totals: Totals, ambiguous: list[dict[str, Any]], warnings: list[str]
+    ) -> dict[str, Any]:
         status = {EXIT_OK: "completed", EXIT_SIGINT: "interrupted", EXIT_SIGTERM: "interrupted"}
         report: dict[str, Any] = {
             "status": status.get(self.exit_code, "stopped"),
@@ -466,7 +481,7 @@ class Engine:
             "rehearsal": self.s.dry_run or self.s.server_dry_run,
             "state_dir": self.s.state_dir,
             "dead_letter": str(self.s.dead_letter_path),
-            "warnings": self.warnings,
+            "warnings": warnings,  # of every leg
             "error": self.error,
         }
         note = rehearsal_note(self.s.dry_run, self.s.server_dry_run)

@@ -12,6 +12,7 @@ BackfillError                 any failure we expect and can explain (no tracebac
     ├── ServerRefused         an answer no retry can fix (404, 3xx, ...), or refusals
     │                         of records wholesale (--max-rejected-ratio)
     ├── RetriesExhausted      429/5xx/timeouts outlasted the retry budget
+    ├── StateUnwritable       the state dir is full (or its disk failing)
     └── TooManyInvalid        the input plainly has the wrong shape
 """
 
@@ -65,6 +66,10 @@ class ServerRefused(NeedsUser):
 
 
 class RetriesExhausted(NeedsUser):
+    pass
+
+
+class StateUnwritable(NeedsUser):
     pass
 
 

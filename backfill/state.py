@@ -17,6 +17,7 @@ from backfill.checkpoint import (
     open_readonly,
     read_ambiguous,
     read_totals,
+    read_warnings,
 )
 from backfill.config import Settings
 from backfill.errors import UsageError
@@ -66,6 +67,7 @@ class _Facts(NamedTuple):
     inflight: int
     meta: dict[str, str]
     last: tuple[int | None, str | None] | None
+    warnings: list[str]
 
 
 def _read(db: sqlite3.Connection) -> _Facts:
@@ -89,6 +91,7 @@ def _read(db: sqlite3.Connection) -> _Facts:
         db.execute("SELECT COUNT(*) FROM batches WHERE state='inflight'").fetchone()[0],
         dict(db.execute("SELECT key, value FROM meta").fetchall()),
         db.execute("SELECT exit_code, error FROM legs ORDER BY id DESC LIMIT 1").fetchone(),
+        read_warnings(db) or [f"{path}: {warning}" for path, _, warning in files if warning],
     )
 
 
@@ -115,9 +118,7 @@ def _lines(state_dir: Path, facts: _Facts) -> list[str]:
         completed = code == 0 and facts.done == len(facts.files)
         state = "running or killed" if code is None else f"exit {code}"
         out.append(f"last leg:           {state}" + (f": {error}" if error else ""))
-    for path, _, warning in facts.files:
-        if warning:
-            out.append(f"warning: {path}: {warning}")
+    out += [f"warning: {warning}" for warning in facts.warnings]
     command = facts.meta.get("command")
     if completed:
         out.append("load:               completed; the same command picks up new files")

@@ -233,9 +233,7 @@ async def test_the_invalid_ratio_stop_dead_letters_and_counts_every_line_read(
     assert report["exit_code"] == 3
     assert "80 of the first 120 records are invalid" in report["error"]
     dead = tmp_path / "state" / "dead-letter.jsonl"
-    assert sorted(e["line"] for e in dead_letters(dead)) == [
-        n + 1 for n in range(120) if n % 3
-    ]
+    assert sorted(e["line"] for e in dead_letters(dead)) == [n + 1 for n in range(120) if n % 3]
     assert report["records_read"] == 120 and report["records_invalid"] == 80
     assert report["records_accepted"] == 40  # the valid records of what was read
     assert numbers(server.records("interactions")) == list(range(40))
@@ -278,6 +276,26 @@ async def test_a_small_input_that_is_all_invalid_says_why(
         tmp_path / "4", server.url, server.secret_key, [str(one)], max_invalid_ratio=1.0
     )
     assert report["exit_code"] == 0  # accepted on purpose
+
+
+async def test_the_report_keeps_the_warnings_of_every_leg(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    empty = write_lines(tmp_path / "0-empty.jsonl", [])
+    path = write_lines(tmp_path / "a.jsonl", [line(interaction(i)) for i in range(300)])
+    inputs = [str(empty), str(path)]
+    report = await run_engine(tmp_path, server.url, "not-the-key", inputs, batch_size=100)
+    assert report["exit_code"] == 3  # the empty file was read, a.jsonl refused
+    assert report["warnings"] == [f"{empty}: empty file: no records"]
+    report = await run_engine(tmp_path, server.url, server.secret_key, inputs, batch_size=150)
+    assert report["exit_code"] == 0 and report["records_accepted"] == 300
+    assert report["warnings"] == [
+        f"{empty}: empty file: no records",
+        "settings changed since the last leg (batch_size): acknowledged records stay as they "
+        "were sent; the rest follows the new settings",
+    ]
+    report = await run_engine(tmp_path, server.url, server.secret_key, inputs, batch_size=150)
+    assert len(report["warnings"]) == 2  # each warning once, however many legs said it
 
 
 async def test_dry_runs_store_nothing(tmp_path: Path, server: RunningServer) -> None:
