@@ -351,6 +351,19 @@ class Checkpoint:
             states.append(FileState(int(row[0]), path, row[6]))
         return states
 
+    async def vanished(self, present: list[FileState]) -> list[tuple[str, int | None, int]]:
+        """Files an earlier leg knew that are not among this leg's inputs:
+        (path, lines if the reader saw its end, lines settled)."""
+        return await self._call(self._vanished, {f.id for f in present})
+
+    def _vanished(self, present: set[int]) -> list[tuple[str, int | None, int]]:
+        rows = self._require().execute(
+            "SELECT f.id, f.path, f.lines, COALESCE(SUM(b.end_line - b.start_line), 0) "
+            "FROM files f LEFT JOIN batches b ON b.file_id = f.id "
+            "AND b.state IN ('acked', 'skipped') GROUP BY f.id ORDER BY f.path"
+        )
+        return [(path, lines, settled) for id_, path, lines, settled in rows if id_ not in present]
+
     async def take_ambiguous(self, mode: str, sources: dict[int, str]) -> list[AmbiguousRange]:
         """Turns the batches in flight at the last stop into ambiguous ranges, resolved per mode.
 

@@ -47,7 +47,7 @@ from backfill.errors import (
 from backfill.hints import SAMPLES, hint
 from backfill.ids import IdLines, id_check
 from backfill.mapping import build_transform
-from backfill.progress import LegStats, Progress, rehearsal_note
+from backfill.progress import LegStats, Progress, plural, rehearsal_note
 from backfill.retry import RetryPolicy
 from backfill.schema import RecordValidator
 from backfill.sources import BlockTransform, Fingerprint, discover, fingerprint, read_blocks
@@ -90,6 +90,7 @@ class Engine:
         self._cp = Checkpoint(Path(settings.state_dir))
         self._dlq = DeadLetterFile(settings.dead_letter_path)
         self._paths: dict[Path, int] = {}  # input file -> its index in sorted order
+        self._never_loaded: list[str] = []  # files gone from the inputs, not loaded whole
         self._samples: list[bytes] = []  # the leg's first invalid lines, to guess a cause from
         self._done = asyncio.Event()
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -147,6 +148,7 @@ class Engine:
                 "records stay as they were sent; the rest follows the new settings"
             )
         files = await cp.register_files(prints, self.s.force)
+        self._warn_vanished(await cp.vanished(files))
         sources = {f.id: str(f.path) for f in files}
         stopped = await cp.take_ambiguous(self.s.ambiguous, sources)
         ambiguous = [a for a in stopped if a.sent]
@@ -156,6 +158,21 @@ class Engine:
         suppress = self._suppressed(files) if reread or cp.previous_leg_crashed else set()
         self._dlq.open(suppress)
         return files
+
+    def _warn_vanished(self, vanished: list[tuple[str, int | None, int]]) -> None:
+        """A file an earlier leg read from but that this leg's inputs lack: what of it was
+        not loaded never will be, unless it comes back."""
+        for path, lines, settled in vanished:
+            if lines is not None and settled >= lines:
+                continue  # loaded whole: dropping it from the inputs is fine
+            if lines is not None:
+                left = f"{lines - settled:,} of its {plural(lines, 'line')} never loaded"
+            elif settled:
+                left = f"{plural(settled, 'line')} loaded, the rest never loaded"
+            else:
+                left = "never loaded"
+            self._warn(f"{path}: gone from the inputs since an earlier leg; {left}")
+            self._never_loaded.append(path)
 
     def _settings_fingerprint(self) -> dict[str, Any]:
         s = self.s
@@ -467,6 +484,7 @@ class Engine:
             else 0.0,
             "legs": totals.legs,
             "files": totals.files_total,
+            "files_never_loaded": self._never_loaded,
             "ambiguous_batches": ambiguous,
             "this_leg": {
                 "records_read": self.stats.records_read,

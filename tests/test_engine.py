@@ -298,6 +298,30 @@ async def test_the_report_keeps_the_warnings_of_every_leg(
     assert len(report["warnings"]) == 2  # each warning once, however many legs said it
 
 
+async def test_a_file_gone_between_legs_is_named_as_never_loaded(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    whole = write_lines(logs / "1.jsonl", [line(interaction(i)) for i in range(50)])
+    bad = [b'{"sku": %d}' % i for i in range(300)]
+    part = write_lines(logs / "2.jsonl", [line(interaction(50 + i)) for i in range(40)] + bad)
+    run = dict(batch_size=50, invalid_ratio_window=200)
+    report = await run_engine(tmp_path, server.url, server.secret_key, [str(logs)], **run)
+    # 50 + 190 lines read when the ratio stops the leg: 1.jsonl whole, 2.jsonl in part
+    assert report["exit_code"] == 3 and report["records_read"] == 240
+    whole.unlink()
+    part.unlink()
+    write_lines(logs / "3.jsonl", [line(interaction(100 + i)) for i in range(20)])
+    report = await run_engine(tmp_path, server.url, server.secret_key, [str(logs)], **run)
+    assert report["exit_code"] == 0 and report["records_accepted"] == 110
+    assert report["files_never_loaded"] == [str(part.resolve())]
+    assert report["warnings"] == [
+        f"{part.resolve()}: gone from the inputs since an earlier leg; 190 lines loaded, "
+        "the rest never loaded"
+    ]
+
+
 async def test_dry_runs_store_nothing(tmp_path: Path, server: RunningServer) -> None:
     path = write_lines(tmp_path / "a.jsonl", [line(interaction(i)) for i in range(1_500)])
     report = await run_engine(tmp_path / "d", server.url, "", [str(path)], dry_run=True)
