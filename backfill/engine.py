@@ -367,6 +367,7 @@ class Engine:
     async def _submit(self, batch: Batch) -> None:
         self.stats.records_read += batch.lines_read
         self.stats.records_invalid += len(batch.invalid)
+        self.stats.records_filtered += batch.filtered
         if batch.invalid and len(self._samples) < SAMPLES:
             self._samples += [r.raw for r in batch.invalid[: SAMPLES - len(self._samples)]]
         if batch.records:
