@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from backfill.batching import Plan
-from backfill.errors import BackfillError, CheckpointLost, InputChanged, StateLocked, UsageError
+from backfill.errors import (
+    BackfillError,
+    CheckpointLost,
+    InputChanged,
+    StateLocked,
+    StateUnwritable,
+    UsageError,
+)
 from backfill.sources import Fingerprint
 
 T = TypeVar("T")
@@ -264,20 +271,36 @@ class Checkpoint:
         self.unlock()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run on the checkpoint thread. Shielded: once submitted, a write always lands."""
+        """Run on the checkpoint thread. Shielded: once submitted, a write always lands
+        (or fails whole: a full disk is a `StateUnwritable` the run stops on)."""
         loop = asyncio.get_running_loop()
-        return await asyncio.shield(loop.run_in_executor(self._pool, fn, *args))
+        try:
+            return await asyncio.shield(loop.run_in_executor(self._pool, fn, *args))
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+                raise
+            raise self._unwritable(exc) from None
+
+    def _unwritable(self, exc: sqlite3.Error) -> StateUnwritable:
+        why = "no space left" if exc.sqlite_errorcode == sqlite3.SQLITE_FULL else str(exc)
+        return StateUnwritable(
+            f"cannot write the checkpoint in the state dir {self.state_dir} ({why}; the disk "
+            "may be full): nothing acknowledged is lost; free space and rerun the same command "
+            "to resume"
+        )
 
     def _tx(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
+        """One transaction; a failure, COMMIT's own (a full disk) included, rolls it back."""
         db = self._require()
         db.execute("BEGIN IMMEDIATE")
         try:
             for sql, params in statements:
                 db.execute(sql, params)
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def _require(self) -> sqlite3.Connection:
         if self._db is None:

@@ -25,7 +25,7 @@ import uvloop
 from backfill import __version__
 from backfill.config import KEY_FILE_HELP, Settings, default_help, load_secret, load_settings
 from backfill.engine import Engine
-from backfill.errors import EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
+from backfill.errors import EXIT_NEEDS_USER, EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
 from backfill.maintenance import read_ids
 from backfill.progress import render_report, write_report
 from backfill.state import REHEARSAL_DIRS, reset_state, status_text
@@ -230,9 +230,17 @@ def _confirm(question: str, flag: str) -> None:
 
 def _finish(settings: Settings, report: dict[str, Any]) -> int:
     print(render_report(report))
+    code = int(report["exit_code"])
     if settings.report:
-        write_report(settings.report, report)
-    return int(report["exit_code"])
+        try:
+            write_report(settings.report, report)
+        except OSError as exc:  # the table above is the report; the run itself is recorded
+            print(
+                f"backfill: cannot write the report to {settings.report}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return code or EXIT_NEEDS_USER
+    return code
 
 
 def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

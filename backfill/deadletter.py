@@ -46,9 +46,12 @@ class DeadLetterFile:
         self.written = 0
 
     def open(self, suppress: set[tuple[str, int]] | None = None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        _repair_torn_tail(fd)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            _repair_torn_tail(fd)
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from None
         self._fd = fd
         self._suppress = suppress or set()
 

@@ -41,6 +41,7 @@ from backfill.errors import (
     BackfillError,
     InputUnreadable,
     NeedsUser,
+    StateUnwritable,
     TooManyInvalid,
     UsageError,
 )
@@ -130,7 +131,11 @@ class Engine:
             self._dlq.close()
         cp = self._cp
         self._check_all_invalid(await cp.totals())
-        await cp.end_leg(self.exit_code, self.error, self._leg_counts())
+        try:
+            await cp.end_leg(self.exit_code, self.error, self._leg_counts())
+        except StateUnwritable as exc:  # the report is still owed; the next leg sees a crash
+            if self.exit_code == EXIT_OK:
+                self.exit_code, self.error = exc.exit_code, str(exc)
         return self._report(await cp.totals(), await cp.ambiguous_ranges(), await cp.warnings())
 
     async def _start_leg(self, prints: list[tuple[Path, Fingerprint]]) -> list[FileState]:

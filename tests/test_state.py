@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -23,11 +24,20 @@ from backfill.server import RunningServer
 from tests.helpers import dead_letters, interaction, line, write_lines
 
 
-async def backfill(*args: str, key: str = "", cwd: Path | None = None) -> tuple[int, str, str]:
-    """One `backfill` command: (exit code, stdout, stderr)."""
+async def backfill(
+    *args: str, key: str = "", max_file_bytes: int | None = None
+) -> tuple[int, str, str]:
+    """One `backfill` command: (exit code, stdout, stderr). `max_file_bytes`: no file it
+    writes may grow beyond that (RLIMIT_FSIZE: a write past it fails with EFBIG, as on a
+    full disk; Python ignores SIGXFSZ)."""
     env = {**os.environ, "MISO_API_KEY": key}
+
+    def limit() -> None:
+        if max_file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "backfill", *args, env=env, cwd=cwd,
+        sys.executable, "-m", "backfill", *args, env=env, preexec_fn=limit,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 120)
@@ -220,3 +230,87 @@ async def test_status_only_reads_and_explains_what_it_cannot_read(
         assert (code, out) == (2, ""), err
         assert said in err and "it is damaged, unreadable or not a checkpoint" in err
         assert "Traceback" not in err
+
+
+# -- a full disk under the state dir ------------------------------------------------------
+
+
+def check_delivered(server: RunningServer, good: list[bytes], report: dict[str, Any]) -> None:
+    """Every valid record stored; any duplicate accounted for as possibly duplicated."""
+    stored = server.records("interactions")
+    assert set(stored) == set(good)
+    assert len(stored) - len(good) <= report["possibly_duplicated"]
+    assert report["records_accepted"] == len(good)
+
+
+async def test_a_full_dead_letter_file_stops_cleanly_and_resumes_exactly(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    good = [line(interaction(i)) for i in range(1_000)]
+    rows: list[bytes] = []
+    for i, row in enumerate(good):
+        rows.append(row)
+        if i % 100 == 99:  # two 60 kB broken lines: 120 kB of dead letters per 100 records
+            rows += [b'{"broken": "%d' % i + b"x" * 60_000] * 2
+    path = write_lines(tmp_path / "a.jsonl", rows)
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    args = [*run_args(server, state, report, path), "--concurrency", "1"]
+    code, out, err = await backfill(*args, key=server.secret_key, max_file_bytes=400_000)
+    assert code == 3, out + err
+    assert "backfill stopped (exit 3)" in out and "to resume: backfill run" in out
+    assert f"no space left for the dead-letter file {state / 'dead-letter.jsonl'}" in out
+    assert "free space and rerun the same command" in out and "Traceback" not in err
+    assert report_of(report)["status"] == "stopped"
+    dead = state / "dead-letter.jsonl"
+    assert dead.read_bytes().endswith(b"\n")
+    broken = [n for g in range(1, 11) for n in (102 * g - 1, 102 * g)]  # 101, 102, 203, ...
+    assert [e["line"] for e in dead_letters(dead)] == broken[:6]  # 3 x 120 kB fit, none torn
+
+    code, out, err = await backfill(*args, key=server.secret_key)
+    assert code == 0, out + err
+    assert sorted(e["line"] for e in dead_letters(dead)) == broken  # each once
+    check_delivered(server, good, report_of(report))
+
+
+async def test_a_full_checkpoint_stops_cleanly_and_resumes_exactly(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    path, good = valid_and_invalid(tmp_path, 3_000)
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    args = [*run_args(server, state, report, path), "--concurrency", "2"]
+    code, out, err = await backfill(*args, key=server.secret_key, max_file_bytes=300_000)
+    assert code == 3, out + err
+    assert f"cannot write the checkpoint in the state dir {state}" in out
+    assert "to resume: backfill run" in out and "Traceback" not in err
+    assert 0 < len(server.records("interactions")) < 3_000
+
+    code, out, err = await backfill(*args, key=server.secret_key)
+    assert code == 0, out + err
+    check_delivered(server, good, report_of(report))
+
+
+async def test_a_torn_last_dead_letter_is_cut_off_on_resume(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """kill -9 in the middle of a dead-letter write leaves half an entry; its batch never
+    reached the checkpoint, so the resume writes the entry again, whole."""
+    path, good = valid_and_invalid(tmp_path, 300, every=100)
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    args = run_args(server, state, report, path)
+    code, _, err = await backfill(*args, key=server.secret_key)
+    assert code == 0, err
+    dead = state / "dead-letter.jsonl"
+    whole = dead.read_bytes()
+    last = whole.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    # the crash: the last entry's batch is not in the checkpoint, its entry half written
+    dead.write_bytes(whole[: len(whole) - len(last) - 1] + last[:40])
+    db = sqlite3.connect(state / "checkpoint.sqlite")
+    with db:
+        db.execute("DELETE FROM batches WHERE start_line <= 302 AND end_line > 302")
+        db.execute("UPDATE legs SET exit_code = NULL")
+    db.close()
+    code, _, err = await backfill(*args, key=server.secret_key)
+    assert code == 0, err
+    assert dead.read_bytes() == whole
+    assert [e["line"] for e in dead_letters(dead)] == [101, 202, 303]
+    assert set(server.records("interactions")) == set(good)
