@@ -14,7 +14,7 @@ import resource
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +314,44 @@ async def test_a_torn_last_dead_letter_is_cut_off_on_resume(
     assert dead.read_bytes() == whole
     assert [e["line"] for e in dead_letters(dead)] == [101, 202, 303]
     assert set(server.records("interactions")) == set(good)
+
+
+@contextlib.contextmanager
+def small_disk(directory: Path, size: str) -> Iterator[Callable[[str], None]]:
+    """A real file system of `size` at `directory` (tmpfs; needs root), and a way to grow it."""
+    directory.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+        capture_output=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+
+    def grow(new_size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={new_size}", str(directory)], check=True)
+
+    try:
+        yield grow
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+async def test_a_full_disk_stops_cleanly_and_resumes_once_space_is_freed(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    path, good = valid_and_invalid(tmp_path, 5_000, every=500)
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    args = run_args(server, state, report, path)
+    with small_disk(state, "256k") as grow:
+        code, out, err = await backfill(*args, key=server.secret_key)
+        assert code == 3, out + err
+        assert "no space left" in out and "to resume: backfill run" in out
+        assert "Traceback" not in err
+        assert len(server.records("interactions")) < 5_000
+        grow("64m")
+        code, out, err = await backfill(*args, key=server.secret_key)
+        assert code == 0, out + err
+        assert sorted(e["line"] for e in dead_letters(state / "dead-letter.jsonl")) == [
+            501 * k for k in range(1, 11)
+        ]
+    check_delivered(server, good, report_of(report))
