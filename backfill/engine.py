@@ -142,16 +142,7 @@ class Engine:
         """Records the leg, matches the inputs with the checkpoint and plans the resume."""
         cp = self._cp
         current = self._settings_fingerprint()
-        previous = await cp.start_leg(current, self.command)
-        # a key the previous leg's version did not record is not a change
-        changed = sorted(
-            k for k in current if previous and k in previous and previous[k] != current[k]
-        )
-        if changed:
-            self._warn(
-                f"settings changed since the last leg ({', '.join(changed)}): acknowledged "
-                "records stay as they were sent; the rest follows the new settings"
-            )
+        self._warn_changed(await cp.start_leg(current, self.command), current)
         files = await cp.register_files(prints, self.s.force)
         self._warn_vanished(await cp.vanished(files))
         sources = {f.id: str(f.path) for f in files}
@@ -163,6 +154,25 @@ class Engine:
         suppress = self._suppressed(files) if reread or cp.previous_leg_crashed else set()
         self._dlq.open(suppress)
         return files
+
+    def _warn_changed(self, previous: dict[str, Any] | None, current: dict[str, Any]) -> None:
+        # a key the previous leg's version did not record is not a change
+        changed = sorted(
+            k for k in current if previous and k in previous and previous[k] != current[k]
+        )
+        if previous and "endpoint" in changed:
+            changed.remove("endpoint")
+            self._warn(
+                f"the endpoint changed since the last leg ({previous['endpoint']} -> "
+                f"{current['endpoint']}): what earlier legs acknowledged went to the old one "
+                "and is not sent to the new one; load another environment with its own "
+                "--state-dir"
+            )
+        if changed:
+            self._warn(
+                f"settings changed since the last leg ({', '.join(changed)}): acknowledged "
+                "records stay as they were sent; the rest follows the new settings"
+            )
 
     def _warn_vanished(self, vanished: list[tuple[str, int | None, int]]) -> None:
         """A file an earlier leg read from but that this leg's inputs lack: what of it was
@@ -190,6 +200,7 @@ class Engine:
                 msgspec.json.encode(s.mapping or {}, order="sorted")
             ).hexdigest()[:16],
             "version": __version__,
+            "endpoint": s.endpoint,
             "rehearsal": "dry-run" if s.dry_run else "server-dry-run" if s.server_dry_run else "",
         }
 
@@ -198,13 +209,16 @@ class Engine:
         started = sum(1 for f in files if not f.done and (f.start_line or f.plan.skip))
         if not (done or started or ambiguous):
             return
-        what = "re-sending" if self.s.ambiguous == "resend" else "assuming delivered"
-        lines = [f"resuming: {done} of {len(files)} files done, {started} partly done"]
+        lines = [f"resuming: {done} of {plural(len(files), 'file')} done, {started} partly done"]
         if ambiguous:
             records = sum(a.records for a in ambiguous)
+            one = len(ambiguous) == 1
+            what = "re-sending" if self.s.ambiguous == "resend" else "assuming delivered"
             lines.append(
-                f"resuming: {len(ambiguous)} batches ({records} records) were in flight at the "
-                f"last stop and are ambiguous; {what} them (--ambiguous)"
+                f"resuming: {plural(len(ambiguous), 'batch', 'batches')} "
+                f"({plural(records, 'record')}) {'was' if one else 'were'} in flight at the "
+                f"last stop and {'is' if one else 'are'} ambiguous; {what} "
+                f"{'it' if one else 'them'} (--ambiguous)"
             )
         for line in lines:
             print(line, file=self.out)

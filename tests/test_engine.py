@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from backfill.server import Faults, RunningServer
+from backfill.server import Faults, RunningServer, ServerConfig, start_server
 from tests.helpers import dead_letters, interaction, line, numbers, run_engine, write_lines
 
 
@@ -320,6 +320,59 @@ async def test_a_file_gone_between_legs_is_named_as_never_loaded(
         f"{part.resolve()}: gone from the inputs since an earlier leg; 190 lines loaded, "
         "the rest never loaded"
     ]
+
+
+async def test_changing_the_endpoint_between_legs_warns(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """Another environment is another load: what the first one acknowledged is not sent to
+    the second, and the user is told so."""
+    first = write_lines(tmp_path / "1.jsonl", [line(interaction(i)) for i in range(200)])
+    report = await run_engine(tmp_path, server.url, server.secret_key, [str(tmp_path / "*")])
+    assert report["exit_code"] == 0 and report["warnings"] == []
+    second = write_lines(tmp_path / "2.jsonl", [line(interaction(200 + i)) for i in range(50)])
+    other = await start_server(ServerConfig(port=0, store="memory", secret_key="other-key"))
+    try:
+        report = await run_engine(tmp_path, other.url, "other-key", [str(tmp_path / "*")])
+        assert report["exit_code"] == 0
+        assert report["warnings"] == [
+            f"the endpoint changed since the last leg ({server.url} -> {other.url}): what "
+            "earlier legs acknowledged went to the old one and is not sent to the new one; "
+            "load another environment with its own --state-dir"
+        ]
+        assert sorted(other.records("interactions")) == sorted(second.read_bytes().splitlines())
+    finally:
+        await other.close()
+    assert sorted(server.records("interactions")) == sorted(first.read_bytes().splitlines())
+
+
+async def test_resume_messages_agree_in_number(tmp_path: Path, server: RunningServer) -> None:
+    import io
+    import sqlite3
+
+    from backfill.config import Secret, Settings
+    from backfill.engine import Engine
+
+    path = write_lines(tmp_path / "a.jsonl", [line(interaction(i)) for i in range(250)])
+    await run_engine(tmp_path, server.url, server.secret_key, [str(path)], batch_size=100)
+    db = sqlite3.connect(tmp_path / "state" / "checkpoint.sqlite")
+    with db:  # the state a kill -9 leaves with the last batch (50 records) in flight
+        db.execute("UPDATE batches SET state = 'inflight' WHERE start_line = 200")
+        db.execute("UPDATE legs SET exit_code = NULL")
+    db.close()
+    settings = Settings(
+        inputs=[str(path)], endpoint=server.url, state_dir=str(tmp_path / "state"),
+        batch_size=100, progress="off",
+    )  # fmt: skip
+    out = io.StringIO()
+    report = await Engine(settings, Secret(server.secret_key), out=out).run()
+    err = out.getvalue()
+    assert "resuming: 0 of 1 file done, 1 partly done" in err
+    assert (
+        "resuming: 1 batch (50 records) was in flight at the last stop and is ambiguous; "
+        "re-sending it (--ambiguous)" in err
+    )
+    assert report["possibly_duplicated"] == 50 and report["records_accepted"] == 250
 
 
 async def test_dry_runs_store_nothing(tmp_path: Path, server: RunningServer) -> None:
