@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from backfill.checkpoint import (
     DB_NAME,
+    LOCK_NAME,
     Checkpoint,
     Totals,
     open_readonly,
@@ -28,7 +29,10 @@ REHEARSAL_DIRS = {"dry-run": "dry-run", "server-dry-run": "server-dry-run"}
 
 
 def reset_state(settings: Settings) -> None:
-    """Discards the checkpoint; the old dead-letter file is kept aside, never deleted."""
+    """Discards the checkpoint; the old dead-letter file is kept aside, never deleted.
+
+    Nothing that marks an earlier run stays behind (the lock, an empty dead-letter file), so
+    the run that follows, or a later one if this one fails to start, is a first run."""
     state_dir = Path(settings.state_dir)
     with Checkpoint.exclusive(state_dir):  # refused while another process uses the dir
         for suffix in ("", "-wal", "-shm"):
@@ -37,6 +41,9 @@ def reset_state(settings: Settings) -> None:
         dlq = settings.dead_letter_path
         if dlq.exists() and dlq.stat().st_size:
             dlq.rename(dlq.with_name(f"{dlq.name}.{time.strftime('%Y%m%d-%H%M%S')}"))
+        for leftover in (dlq, state_dir / LOCK_NAME):  # an empty dead-letter file; the lock
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
 
 
 def status_text(state_dir: Path) -> str:

@@ -154,6 +154,21 @@ async def test_a_lost_checkpoint_is_refused_until_restart(
     assert report_of(report)["records_accepted"] == 250
 
 
+async def test_a_restart_that_fails_to_start_leaves_a_fresh_state_dir(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    path, good = valid_and_invalid(tmp_path, 100)
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    args = run_args(server, state, report, path)
+    code, _, err = await backfill(*args, key=server.secret_key)
+    assert code == 0, err
+    code, _, err = await backfill(*args, "--restart", "--yes", key="")  # no key: no run
+    assert code == 2 and "no API key" in err
+    code, _, err = await backfill(*args, key=server.secret_key)
+    assert code == 0, err  # a first run, not a lost checkpoint
+    assert sorted(server.records("interactions")) == sorted(good + good)
+
+
 async def test_a_new_or_empty_state_dir_is_a_fresh_start(
     tmp_path: Path, server: RunningServer
 ) -> None:
