@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -64,6 +64,21 @@ def valid_and_invalid(tmp_path: Path, valid: int, every: int = 0) -> tuple[Path,
     return write_lines(tmp_path / "a.jsonl", rows), good
 
 
+class Load(NamedTuple):
+    """A `backfill run` command line, the valid records of its input, where it keeps state."""
+
+    args: list[str]
+    good: list[bytes]
+    state: Path
+    report: Path
+
+
+def a_load(tmp_path: Path, server: RunningServer, valid: int, every: int = 0) -> Load:
+    path, good = valid_and_invalid(tmp_path, valid, every)
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    return Load(run_args(server, state, report, path), good, state, report)
+
+
 def report_of(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
@@ -74,9 +89,7 @@ def report_of(path: Path) -> dict[str, Any]:
 async def test_a_rehearsal_then_the_real_load_sends_everything(
     tmp_path: Path, server: RunningServer
 ) -> None:
-    path, good = valid_and_invalid(tmp_path, 300, every=150)
-    state, report = tmp_path / "state", tmp_path / "report.json"
-    args = run_args(server, state, report, path)
+    args, good, state, report = a_load(tmp_path, server, 300, every=150)
 
     code, out, err = await backfill(*args, "--server-dry-run", key=server.secret_key)
     assert code == 0, err
@@ -134,9 +147,7 @@ def _drop(*tables: str) -> Any:
 async def test_a_lost_checkpoint_is_refused_until_restart(
     tmp_path: Path, server: RunningServer, damage: Any, said: str
 ) -> None:
-    path, good = valid_and_invalid(tmp_path, 250, every=100)
-    state, report = tmp_path / "state", tmp_path / "report.json"
-    args = run_args(server, state, report, path)
+    args, good, state, report = a_load(tmp_path, server, 250, every=100)
     code, _, err = await backfill(*args, key=server.secret_key)
     assert code == 0, err
     requests = (await server.stats())["requests"]["total"]
@@ -157,9 +168,7 @@ async def test_a_lost_checkpoint_is_refused_until_restart(
 async def test_a_restart_that_fails_to_start_leaves_a_fresh_state_dir(
     tmp_path: Path, server: RunningServer
 ) -> None:
-    path, good = valid_and_invalid(tmp_path, 100)
-    state, report = tmp_path / "state", tmp_path / "report.json"
-    args = run_args(server, state, report, path)
+    args, good, _, _ = a_load(tmp_path, server, 100)
     code, _, err = await backfill(*args, key=server.secret_key)
     assert code == 0, err
     code, _, err = await backfill(*args, "--restart", "--yes", key="")  # no key: no run
@@ -184,6 +193,25 @@ async def test_a_new_or_empty_state_dir_is_a_fresh_start(
 
 
 @contextlib.contextmanager
+def mounted(at: Path, *how: str) -> Iterator[Path]:
+    """`mount <how> <at>` for the duration (needs root); the test is skipped where the
+    machine does not allow it."""
+    done = subprocess.run(["mount", *how, str(at)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here: {done.stderr.decode().strip()}")
+    try:
+        yield at
+    finally:
+        subprocess.run(["umount", str(at)], check=True)
+
+
+def remount(at: Path, options: str) -> None:
+    done = subprocess.run(["mount", "-o", f"remount,{options}", str(at)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot remount here: {done.stderr.decode().strip()}")
+
+
+@contextlib.contextmanager
 def read_only(directory: Path) -> Iterator[Path]:
     """The same directory, read-only: a read-only bind mount as root (root ignores modes),
     the directory's mode otherwise."""
@@ -196,17 +224,9 @@ def read_only(directory: Path) -> Iterator[Path]:
         return
     view = directory.with_name(directory.name + "-ro")
     view.mkdir()
-    mount = subprocess.run(
-        f"mount --bind {directory} {view} && mount -o remount,ro,bind {view}",
-        shell=True, capture_output=True,
-    )  # fmt: skip
-    if mount.returncode != 0:
-        subprocess.run(["umount", str(view)], capture_output=True)
-        pytest.skip(f"cannot mount a read-only view here: {mount.stderr.decode().strip()}")
-    try:
+    with mounted(view, "--bind", str(directory)):
+        remount(view, "ro,bind")
         yield view
-    finally:
-        subprocess.run(["umount", str(view)], check=True)
 
 
 async def test_status_only_reads_and_explains_what_it_cannot_read(
@@ -290,9 +310,8 @@ async def test_a_full_dead_letter_file_stops_cleanly_and_resumes_exactly(
 async def test_a_full_checkpoint_stops_cleanly_and_resumes_exactly(
     tmp_path: Path, server: RunningServer
 ) -> None:
-    path, good = valid_and_invalid(tmp_path, 3_000)
-    state, report = tmp_path / "state", tmp_path / "report.json"
-    args = [*run_args(server, state, report, path), "--concurrency", "2"]
+    args, good, state, report = a_load(tmp_path, server, 3_000)
+    args = [*args, "--concurrency", "2"]
     code, out, err = await backfill(*args, key=server.secret_key, max_file_bytes=300_000)
     assert code == 3, out + err
     assert f"cannot write the checkpoint in the state dir {state}" in out
@@ -309,9 +328,7 @@ async def test_a_torn_last_dead_letter_is_cut_off_on_resume(
 ) -> None:
     """kill -9 in the middle of a dead-letter write leaves half an entry; its batch never
     reached the checkpoint, so the resume writes the entry again, whole."""
-    path, good = valid_and_invalid(tmp_path, 300, every=100)
-    state, report = tmp_path / "state", tmp_path / "report.json"
-    args = run_args(server, state, report, path)
+    args, good, state, _ = a_load(tmp_path, server, 300, every=100)
     code, _, err = await backfill(*args, key=server.secret_key)
     assert code == 0, err
     dead = state / "dead-letter.jsonl"
@@ -333,30 +350,16 @@ async def test_a_torn_last_dead_letter_is_cut_off_on_resume(
 
 @contextlib.contextmanager
 def small_disk(directory: Path, size: str) -> Iterator[Callable[[str], None]]:
-    """A real file system of `size` at `directory` (tmpfs; needs root), and a way to grow it."""
+    """A real file system of `size` at `directory` (tmpfs), and a way to grow it."""
     directory.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-        capture_output=True,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
-
-    def grow(new_size: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={new_size}", str(directory)], check=True)
-
-    try:
-        yield grow
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
+    with mounted(directory, "-t", "tmpfs", "-o", f"size={size}", "tmpfs"):
+        yield lambda new_size: remount(directory, f"size={new_size}")
 
 
 async def test_a_full_disk_stops_cleanly_and_resumes_once_space_is_freed(
     tmp_path: Path, server: RunningServer
 ) -> None:
-    path, good = valid_and_invalid(tmp_path, 5_000, every=500)
-    state, report = tmp_path / "state", tmp_path / "report.json"
-    args = run_args(server, state, report, path)
+    args, good, state, report = a_load(tmp_path, server, 5_000, every=500)
     with small_disk(state, "256k") as grow:
         code, out, err = await backfill(*args, key=server.secret_key)
         assert code == 3, out + err
