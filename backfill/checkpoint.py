@@ -470,6 +470,7 @@ class Checkpoint:
         outcome: tuple[int, int, int, int],
         retried_ambiguous: int = 0,
         leg: tuple[int, int] = (0, 0),
+        first: Callable[[], None] | None = None,
     ) -> None:
         """After the answer: outcome is (accepted, rejected, requests, retries); `leg` is
         (requests, retries) of the whole leg so far, failed batches included.
@@ -477,6 +478,10 @@ class Checkpoint:
         `retried_ambiguous` > 0: an attempt was lost after it may have been stored and a
         retry then succeeded, so that many records may be stored twice; the range is
         recorded as ambiguous ("retried") for the report.
+
+        `first` runs on the checkpoint thread just before the transaction, in the same
+        shielded call: what must be on disk before the batch counts as acknowledged (its
+        dead letters' fsync), off the event loop and never skipped by a cancellation.
         """
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (
@@ -496,7 +501,14 @@ class Checkpoint:
                     (*key, span[0], retried_ambiguous, self.leg),
                 )
             )
-        await self._call(self._tx, statements)
+        await self._call(self._settle, statements, first)
+
+    def _settle(
+        self, statements: list[tuple[str, tuple[Any, ...]]], first: Callable[[], None] | None
+    ) -> None:
+        if first is not None:
+            first()
+        self._tx(statements)
 
     async def mark_unsent(self, key: tuple[int, int]) -> None:
         """The batch in flight was refused in a way that stores nothing: not ambiguous."""

@@ -11,7 +11,6 @@ kill -9 between the two writes) suppresses the entries they already have.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
@@ -90,14 +89,11 @@ class DeadLetterFile:
             raise _unwritable(self.path, exc) from None
 
     def sync(self) -> None:
+        """An fsync: called on the checkpoint thread, never on the event loop."""
         try:
             os.fsync(self._fd)
         except OSError as exc:
             raise _unwritable(self.path, exc) from None
-
-    async def persist(self) -> None:
-        """`sync` on a worker thread: an fsync must not stall the event loop."""
-        await asyncio.to_thread(self.sync)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -393,9 +393,10 @@ class Engine:
             await self._queue.put(batch)
         else:  # nothing to send: settle it here, its dead letters on disk first
             self._dlq.write(batch.source, batch.invalid)
-            if batch.invalid:
-                await self._dlq.persist()
-            await self._cp.mark_acked(*self._row(batch), (0, 0, 0, 0), leg=self._leg_counts())
+            sync = self._dlq.sync if batch.invalid else None
+            await self._cp.mark_acked(
+                *self._row(batch), (0, 0, 0, 0), leg=self._leg_counts(), first=sync
+            )
         self._check_invalid_ratio()
 
     def _check_invalid_ratio(self) -> None:
@@ -465,11 +466,16 @@ class Engine:
         finally:
             self.stats.in_flight -= 1
         self._dlq.write(batch.source, d.rejected)
-        if d.rejected or batch.invalid:
-            await self._dlq.persist()
+        sync = self._dlq.sync if d.rejected or batch.invalid else None  # on the checkpoint thread
         outcome = (d.accepted, len(d.rejected), d.requests, d.retries)
         await self._cp.mark_acked(
-            key, span, counts, outcome, d.accepted * d.ambiguous, leg=self._leg_counts()
+            key,
+            span,
+            counts,
+            outcome,
+            d.accepted * d.ambiguous,
+            leg=self._leg_counts(),
+            first=sync,
         )
         self.stats.records_accepted += d.accepted
         self.stats.records_rejected += len(d.rejected)

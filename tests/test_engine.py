@@ -375,6 +375,27 @@ async def test_resume_messages_agree_in_number(tmp_path: Path, server: RunningSe
     assert report["possibly_duplicated"] == 50 and report["records_accepted"] == 250
 
 
+async def test_a_batch_counts_as_acknowledged_only_once_its_dead_letters_are_on_disk(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """A dead-letter file that cannot be fsynced (a FIFO: EINVAL) stops the run before the
+    batch of invalid lines it holds is marked acknowledged: a resume reads them again."""
+    import os
+
+    fifo = tmp_path / "dead-letter.fifo"
+    os.mkfifo(fifo)
+    rows = [b"{broken %d" % i for i in range(5)] + [line(interaction(i)) for i in range(100)]
+    path = write_lines(tmp_path / "a.jsonl", rows)
+    report = await run_engine(
+        tmp_path, server.url, server.secret_key, [str(path)], batch_size=5,
+        dead_letter=str(fifo), max_invalid_ratio=1.0,
+    )  # fmt: skip
+    assert report["exit_code"] == 3
+    assert f"cannot write the dead-letter file {fifo} (Invalid argument)" in report["error"]
+    assert report["records_read"] == report["records_invalid"] == 0  # nothing acknowledged
+    assert report["batches_acknowledged"] == 0
+
+
 async def test_dry_runs_store_nothing(tmp_path: Path, server: RunningServer) -> None:
     path = write_lines(tmp_path / "a.jsonl", [line(interaction(i)) for i in range(1_500)])
     report = await run_engine(tmp_path / "d", server.url, "", [str(path)], dry_run=True)
