@@ -107,7 +107,7 @@ def _lines(state_dir: Path, facts: _Facts) -> list[str]:
     out = [f"state dir:          {state_dir}", f"kind:               {settings.get('kind', '?')}"]
     rehearsal = settings.get("rehearsal")
     if rehearsal:
-        out.append(f"rehearsal:          {rehearsal_note(rehearsal == 'dry-run', True)}")
+        out.append(str(rehearsal_note(rehearsal == "dry-run", True)))
     records = sum(a["records"] for a in facts.ambiguous)
     out += [
         f"files:              {facts.done} done of {len(facts.files)} known",
