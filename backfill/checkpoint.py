@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -26,12 +27,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from backfill.batching import Plan
-from backfill.errors import InputChanged, StateLocked, UsageError
+from backfill.errors import (
+    BackfillError,
+    CheckpointLost,
+    InputChanged,
+    StateLocked,
+    StateUnwritable,
+    UsageError,
+)
 from backfill.sources import Fingerprint
 
 T = TypeVar("T")
+log = logging.getLogger("backfill")
 DB_NAME = "checkpoint.sqlite"
 LOCK_NAME = "lock"
+CORE_TABLES = ("meta", "files", "batches", "legs")  # in every checkpoint since the first
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,6 +64,7 @@ CREATE TABLE IF NOT EXISTS ambiguous (
     file_id INTEGER NOT NULL, start_line INTEGER NOT NULL, end_line INTEGER NOT NULL,
     records INTEGER NOT NULL, leg INTEGER NOT NULL, resolution TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS warnings (message TEXT PRIMARY KEY, leg INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS legs (
     id INTEGER PRIMARY KEY, started REAL NOT NULL, last_seen REAL NOT NULL,
     exit_code INTEGER, error TEXT,
@@ -141,15 +152,43 @@ class Checkpoint:
     # -- lifecycle -----------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, state_dir: Path) -> Checkpoint:
+    async def open(
+        cls, state_dir: Path, *, fresh: bool = False, dead_letter: Path | None = None
+    ) -> Checkpoint:
+        """Locks the state dir and opens its checkpoint, creating it on a first run.
+
+        A missing or empty checkpoint in a state dir that shows an earlier run (its lock,
+        WAL files, dead letters) is refused unless `fresh` (--restart): starting afresh
+        would send again every record that run had acknowledged."""
         cp = cls(state_dir)
-        try:
-            cp.lock()
-            await cp._call(cp._connect)
-        except (OSError, sqlite3.Error) as exc:
-            await cp.close()
-            raise UsageError(f"cannot use state dir {state_dir}: {exc}") from None
+        await cp.connect(fresh=fresh, dead_letter=dead_letter)
         return cp
+
+    async def connect(self, *, fresh: bool = False, dead_letter: Path | None = None) -> None:
+        """See `open`; on failure the checkpoint is left closed."""
+        try:
+            traces = [] if fresh else self._traces(dead_letter)
+            self.lock()
+            await self._call(self._connect, traces)
+        except (OSError, sqlite3.Error) as exc:
+            await self.close()
+            raise UsageError(
+                f"cannot use state dir {self.state_dir}: {exc} (--restart --yes starts over)"
+            ) from None
+        except BackfillError:
+            await self.close()
+            raise
+
+    def _traces(self, dead_letter: Path | None) -> list[str]:
+        """What an earlier run leaves in the state dir besides its checkpoint."""
+        names = [LOCK_NAME, DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"]
+        found = [n for n in names if (self.state_dir / n).exists()]
+        inside = (
+            dead_letter is not None and dead_letter.resolve().parent == self.state_dir.resolve()
+        )
+        if dead_letter is not None and inside and dead_letter.exists():
+            found.append(dead_letter.name)
+        return found
 
     @classmethod
     @contextlib.contextmanager
@@ -184,11 +223,18 @@ class Checkpoint:
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
 
-    def _connect(self) -> None:
+    def _connect(self, traces: list[str]) -> None:
         path = self.state_dir / DB_NAME
         if not path.exists():
+            if traces:
+                raise self._lost("is missing", traces)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self._check_tables(db, traces)
+        except BaseException:
+            db.close()
+            raise
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
@@ -196,6 +242,26 @@ class Checkpoint:
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(str(path) + suffix, 0o600)
         self._db = db
+
+    def _check_tables(self, db: sqlite3.Connection, traces: list[str]) -> None:
+        """Every checkpoint ever written has these tables; none of them is a first run,
+        some of them is damage."""
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = [t for t in CORE_TABLES if t not in tables]
+        if not missing or (len(missing) == len(CORE_TABLES) and not traces):
+            return
+        if len(missing) < len(CORE_TABLES):
+            raise self._lost(f"has lost tables ({', '.join(missing)})", traces)
+        size = (self.state_dir / DB_NAME).stat().st_size
+        raise self._lost("is empty (0 bytes)" if size == 0 else "has no tables", traces)
+
+    def _lost(self, what: str, traces: list[str]) -> CheckpointLost:
+        return CheckpointLost(
+            f"the checkpoint {self.state_dir / DB_NAME} {what}, but the state dir shows an "
+            f"earlier run ({', '.join(traces)}): starting afresh would send again every record "
+            "that run had acknowledged. Restore the checkpoint, or start over on purpose with "
+            "--restart --yes"
+        )
 
     async def close(self) -> None:
         if self._db is not None:
@@ -205,20 +271,36 @@ class Checkpoint:
         self.unlock()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run on the checkpoint thread. Shielded: once submitted, a write always lands."""
+        """Run on the checkpoint thread. Shielded: once submitted, a write always lands
+        (or fails whole: a full disk is a `StateUnwritable` the run stops on)."""
         loop = asyncio.get_running_loop()
-        return await asyncio.shield(loop.run_in_executor(self._pool, fn, *args))
+        try:
+            return await asyncio.shield(loop.run_in_executor(self._pool, fn, *args))
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+                raise
+            raise self._unwritable(exc) from None
+
+    def _unwritable(self, exc: sqlite3.Error) -> StateUnwritable:
+        why = "no space left" if exc.sqlite_errorcode == sqlite3.SQLITE_FULL else str(exc)
+        return StateUnwritable(
+            f"cannot write the checkpoint in the state dir {self.state_dir} ({why}; the disk "
+            "may be full): nothing acknowledged is lost; free space and rerun the same command "
+            "to resume"
+        )
 
     def _tx(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
+        """One transaction; a failure, COMMIT's own (a full disk) included, rolls it back."""
         db = self._require()
         db.execute("BEGIN IMMEDIATE")
         try:
             for sql, params in statements:
                 db.execute(sql, params)
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
@@ -291,6 +373,19 @@ class Checkpoint:
                 row = (int(cur.lastrowid or 0), key, fp.size, fp.mtime_ns, fp.head, fp.tail, None)
             states.append(FileState(int(row[0]), path, row[6]))
         return states
+
+    async def vanished(self, present: list[FileState]) -> list[tuple[str, int | None, int]]:
+        """Files an earlier leg knew that are not among this leg's inputs:
+        (path, lines if the reader saw its end, lines settled)."""
+        return await self._call(self._vanished, {f.id for f in present})
+
+    def _vanished(self, present: set[int]) -> list[tuple[str, int | None, int]]:
+        rows = self._require().execute(
+            "SELECT f.id, f.path, f.lines, COALESCE(SUM(b.end_line - b.start_line), 0) "
+            "FROM files f LEFT JOIN batches b ON b.file_id = f.id "
+            "AND b.state IN ('acked', 'skipped') GROUP BY f.id ORDER BY f.path"
+        )
+        return [(path, lines, settled) for id_, path, lines, settled in rows if id_ not in present]
 
     async def take_ambiguous(self, mode: str, sources: dict[int, str]) -> list[AmbiguousRange]:
         """Turns the batches in flight at the last stop into ambiguous ranges, resolved per mode.
@@ -375,6 +470,7 @@ class Checkpoint:
         outcome: tuple[int, int, int, int],
         retried_ambiguous: int = 0,
         leg: tuple[int, int] = (0, 0),
+        first: Callable[[], None] | None = None,
     ) -> None:
         """After the answer: outcome is (accepted, rejected, requests, retries); `leg` is
         (requests, retries) of the whole leg so far, failed batches included.
@@ -382,6 +478,10 @@ class Checkpoint:
         `retried_ambiguous` > 0: an attempt was lost after it may have been stored and a
         retry then succeeded, so that many records may be stored twice; the range is
         recorded as ambiguous ("retried") for the report.
+
+        `first` runs on the checkpoint thread just before the transaction, in the same
+        shielded call: what must be on disk before the batch counts as acknowledged (its
+        dead letters' fsync), off the event loop and never skipped by a cancellation.
         """
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (
@@ -401,7 +501,14 @@ class Checkpoint:
                     (*key, span[0], retried_ambiguous, self.leg),
                 )
             )
-        await self._call(self._tx, statements)
+        await self._call(self._settle, statements, first)
+
+    def _settle(
+        self, statements: list[tuple[str, tuple[Any, ...]]], first: Callable[[], None] | None
+    ) -> None:
+        if first is not None:
+            first()
+        self._tx(statements)
 
     async def mark_unsent(self, key: tuple[int, int]) -> None:
         """The batch in flight was refused in a way that stores nothing: not ambiguous."""
@@ -429,7 +536,22 @@ class Checkpoint:
             ],
         )
 
+    def note_warning(self, message: str) -> None:
+        """Kept for the report of every later leg. Queued on the checkpoint thread without
+        waiting (a warning is said where no await is possible); `close` waits for it."""
+        self._pool.submit(self._note_warning, message)
+
+    def _note_warning(self, message: str) -> None:
+        try:
+            self._tx([("INSERT OR IGNORE INTO warnings VALUES (?, ?)", (message, self.leg))])
+        except sqlite3.Error as exc:  # the warning was printed; the report may lack it
+            log.warning("cannot keep a warning in the checkpoint: %s", exc)
+
     # -- reading -------------------------------------------------------------------------
+
+    async def warnings(self) -> list[str]:
+        """Every leg's warnings, each once, in the order they first appeared."""
+        return await self._call(read_warnings, self._require())
 
     async def totals(self) -> Totals:
         return await self._call(read_totals, self._require())
@@ -475,6 +597,12 @@ def read_totals(db: sqlite3.Connection) -> Totals:
     return t
 
 
+def read_warnings(db: sqlite3.Connection) -> list[str]:
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name='warnings'").fetchone():
+        return []  # a checkpoint from before warnings were kept, read without writing
+    return [r[0] for r in db.execute("SELECT message FROM warnings ORDER BY rowid")]
+
+
 def read_ambiguous(db: sqlite3.Connection) -> list[dict[str, Any]]:
     rows = db.execute(
         "SELECT f.path, a.start_line, a.end_line, a.records, a.leg, a.resolution "
@@ -494,7 +622,12 @@ def read_ambiguous(db: sqlite3.Connection) -> list[dict[str, Any]]:
 
 
 def open_readonly(state_dir: Path) -> sqlite3.Connection:
+    """Reads without writing anything: with no WAL file (the last run closed cleanly) the
+    database is opened immutable, so SQLite creates no -wal/-shm files, and a read-only
+    state dir can be read."""
     path = state_dir / DB_NAME
-    if not path.exists():
+    if not path.is_file():
         raise UsageError(f"no checkpoint in {state_dir} (expected {path})")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    wal = Path(f"{path}-wal").exists()
+    uri = f"{path.resolve().as_uri()}?{'mode=ro' if wal else 'immutable=1'}"
+    return sqlite3.connect(uri, uri=True)

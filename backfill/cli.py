@@ -19,15 +19,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import uvloop
 
 from backfill import __version__
 from backfill.config import KEY_FILE_HELP, Settings, default_help, load_secret, load_settings
 from backfill.engine import Engine
-from backfill.errors import EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
+from backfill.errors import EXIT_NEEDS_USER, EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
 from backfill.maintenance import read_ids
 from backfill.progress import render_report, write_report
-from backfill.state import reset_state, status_text
+from backfill.state import REHEARSAL_DIRS, reset_state, status_text
 
 # 128 + SIGPIPE, what a shell reports for a writer killed by SIGPIPE (`... | head`):
 # the output was cut short by its reader, which is not a failure of the command itself
@@ -143,15 +144,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings.inputs:
         raise UsageError("no inputs: give files, directories or globs (or `inputs` in --config)")
-    if settings.dry_run:
-        settings.state_dir = str(Path(settings.state_dir) / "dry-run")
+    if settings.dry_run:  # its own checkpoint, started afresh every time
+        settings = _in_subdir(settings, REHEARSAL_DIRS["dry-run"])
         reset_state(settings)
-    elif settings.restart:
+    elif settings.server_dry_run:  # never shares acknowledgements with a real load
+        settings = _in_subdir(settings, REHEARSAL_DIRS["server-dry-run"])
+    if settings.restart and not settings.dry_run:
         _confirm_restart(settings)
         reset_state(settings)
     secret = load_secret(settings)
     engine = Engine(settings, secret, command=resume_command(args.argv))
     return _finish(settings, _run_async(engine.run()))
+
+
+def _in_subdir(settings: Settings, name: str) -> Settings:
+    return msgspec.structs.replace(settings, state_dir=str(Path(settings.state_dir) / name))
 
 
 def _confirm_restart(settings: Settings) -> None:
@@ -196,7 +203,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     overrides.update(kind=args.kind, operation="delete", inputs=[args.ids], dry_run=None)
     settings = load_settings(args.config, overrides)
     if args.state_dir is None:
-        settings.state_dir = str(Path(settings.state_dir) / f"delete-{args.kind}")
+        settings = _in_subdir(settings, f"delete-{args.kind}")
     local = _run_async(read_ids(Path(args.ids), args.kind))
     ids = local.ids
     for problem in local.problems:
@@ -223,9 +230,17 @@ def _confirm(question: str, flag: str) -> None:
 
 def _finish(settings: Settings, report: dict[str, Any]) -> int:
     print(render_report(report))
+    code = int(report["exit_code"])
     if settings.report:
-        write_report(settings.report, report)
-    return int(report["exit_code"])
+        try:
+            write_report(settings.report, report)
+        except OSError as exc:  # the table above is the report; the run itself is recorded
+            print(
+                f"backfill: cannot write the report to {settings.report}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return code or EXIT_NEEDS_USER
+    return code
 
 
 def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -11,6 +11,8 @@ kill -9 between the two writes) suppresses the entries they already have.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import msgspec
 
 from backfill.batching import Rejected
+from backfill.errors import StateUnwritable
 
 RECORD_LIMIT = 64 * 1024  # bytes of the original line kept in an entry
 
@@ -32,19 +35,27 @@ class Entry(msgspec.Struct, omit_defaults=True):
 
 
 class DeadLetterFile:
-    def __init__(self, path: Path, suppress: set[tuple[str, int]] | None = None) -> None:
+    """Opened by `open` once the resume knows which entries to suppress."""
+
+    def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        self._fh = os.fdopen(fd, "ab")
-        if _ends_mid_line(fd):
-            self._fh.write(b"\n")  # a crash tore the last entry; keep the next one whole
-        self._suppress = suppress or set()
+        self._fd = -1
+        self._suppress: set[tuple[str, int]] = set()
         self._encoder = msgspec.json.Encoder()
         self.written = 0
 
+    def open(self, suppress: set[tuple[str, int]] | None = None) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            _repair_torn_tail(fd)
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from None
+        self._fd = fd
+        self._suppress = suppress or set()
+
     def write(self, source: str, rejected: Iterable[Rejected]) -> None:
-        """Appends and flushes to the OS; fsync is left to `sync()` at batch boundaries."""
+        """Appends to the OS; fsync is left to `sync()` at batch boundaries."""
         out = bytearray()
         for r in rejected:
             if self._suppress and (source, r.line + 1) in self._suppress:
@@ -62,14 +73,32 @@ class DeadLetterFile:
             out += b"\n"
             self.written += 1
         if out:
-            self._fh.write(out)
-            self._fh.flush()
+            self._append(out)
+
+    def _append(self, data: bytearray) -> None:
+        """All of it or none of it: a write cut short (a full disk) is cut back to the last
+        whole entry, so the file never holds a torn line."""
+        size = os.fstat(self._fd).st_size
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            raise _unwritable(self.path, exc) from None
 
     def sync(self) -> None:
-        os.fsync(self._fh.fileno())
+        """An fsync: called on the checkpoint thread, never on the event loop."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise _unwritable(self.path, exc) from None
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def entries_in(path: Path, unsettled: Callable[[str, int], bool]) -> set[tuple[str, int]]:
@@ -89,6 +118,32 @@ def entries_in(path: Path, unsettled: Callable[[str, int], bool]) -> set[tuple[s
     return found
 
 
-def _ends_mid_line(fd: int) -> bool:
+def _repair_torn_tail(fd: int) -> None:
+    """A crash mid-write leaves half an entry at the end: cut it off (its line is read and
+    dead-lettered again, because its batch never reached the checkpoint). A whole last
+    entry that only lacks its newline keeps it."""
     size = os.fstat(fd).st_size
-    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    cut = pos = size
+    while pos > 0 and cut == size:
+        step = min(pos, 1 << 16)
+        pos -= step
+        found = os.pread(fd, step, pos).rfind(b"\n")
+        cut = pos + found + 1 if found >= 0 else 0 if pos == 0 else size
+    try:
+        msgspec.json.decode(os.pread(fd, size - cut, cut), type=Entry)
+    except msgspec.MsgspecError:
+        os.ftruncate(fd, cut)
+    else:
+        os.write(fd, b"\n")
+
+
+def _unwritable(path: Path, exc: OSError) -> StateUnwritable:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why = f"no space left for the dead-letter file {path} ({exc.strerror})"
+    else:
+        why = f"cannot write the dead-letter file {path} ({exc.strerror or exc})"
+    return StateUnwritable(
+        f"{why}: nothing is lost; free space and rerun the same command to resume"
+    )

@@ -41,12 +41,14 @@ from backfill.errors import (
     BackfillError,
     InputUnreadable,
     NeedsUser,
+    StateUnwritable,
     TooManyInvalid,
     UsageError,
 )
+from backfill.hints import SAMPLES, hint
 from backfill.ids import IdLines, id_check
 from backfill.mapping import build_transform
-from backfill.progress import LegStats, Progress
+from backfill.progress import LegStats, Progress, plural, rehearsal_note
 from backfill.retry import RetryPolicy
 from backfill.schema import KINDS, RecordValidator
 from backfill.sources import BlockTransform, Fingerprint, discover, fingerprint, read_blocks
@@ -86,6 +88,11 @@ class Engine:
         self._reader: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._ratio_checked = False
+        self._cp = Checkpoint(Path(settings.state_dir))
+        self._dlq = DeadLetterFile(settings.dead_letter_path)
+        self._paths: dict[Path, int] = {}  # input file -> its index in sorted order
+        self._never_loaded: list[str] = []  # files gone from the inputs, not loaded whole
+        self._samples: list[bytes] = []  # the leg's first invalid lines, to guess a cause from
         self._done = asyncio.Event()
         self._drain_timer: asyncio.TimerHandle | None = None
         self._sender: Sender | None = None
@@ -100,31 +107,17 @@ class Engine:
         if self.s.kind != "interactions" and self.s.operation == "upload":
             id_field = KINDS[self.s.kind].id_field
             self._catalog = await prescan(paths, id_field, self.s.max_line_bytes, self._transform)
-        cp = await Checkpoint.open(Path(self.s.state_dir))
+        await self._cp.connect(
+            fresh=self.s.restart or self.s.dry_run,  # the command has just reset it
+            dead_letter=self.s.dead_letter_path,
+        )
         try:
-            return await self._run_leg(cp, prints)
+            return await self._run_leg(prints)
         finally:
-            await cp.close()
+            await self._cp.close()
 
-    async def _run_leg(self, cp: Checkpoint, prints: list[Any]) -> dict[str, Any]:
-        current = self._settings_fingerprint()
-        previous = await cp.start_leg(current, self.command)
-        changed = sorted(k for k in current if previous and previous.get(k) != current[k])
-        if changed:
-            self._warn(
-                f"settings changed since the last leg ({', '.join(changed)}): acknowledged "
-                "records stay as they were sent; the rest follows the new settings"
-            )
-        files = await cp.register_files(prints, self.s.force)
-        sources = {f.id: str(f.path) for f in files}
-        stopped = await cp.take_ambiguous(self.s.ambiguous, sources)
-        ambiguous = [a for a in stopped if a.sent]
-        reread = stopped if self.s.ambiguous == "resend" else [a for a in stopped if not a.sent]
-        await cp.plan_files(files, reread)
-        self._announce_resume(files, ambiguous)
-        suppress = self._suppressed(files) if reread or cp.previous_leg_crashed else set()
-        self._dlq = DeadLetterFile(self.s.dead_letter_path, suppress)
-        self._cp = cp
+    async def _run_leg(self, prints: list[tuple[Path, Fingerprint]]) -> dict[str, Any]:
+        files = await self._start_leg(prints)
         self.stats.bytes_total = sum(fp.size for _, fp in prints)
         self.stats.bytes_done = sum(
             fp.size for (_, fp), f in zip(prints, files, strict=True) if f.done
@@ -136,8 +129,65 @@ class Engine:
             self._fail(exc)
         finally:
             self._dlq.close()
-        await cp.end_leg(self.exit_code, self.error, self._leg_counts())
-        return self._report(await cp.totals(), await cp.ambiguous_ranges())
+        cp = self._cp
+        self._check_all_invalid(await cp.totals())
+        try:
+            await cp.end_leg(self.exit_code, self.error, self._leg_counts())
+        except StateUnwritable as exc:  # the report is still owed; the next leg sees a crash
+            if self.exit_code == EXIT_OK:
+                self.exit_code, self.error = exc.exit_code, str(exc)
+        return self._report(await cp.totals(), await cp.ambiguous_ranges(), await cp.warnings())
+
+    async def _start_leg(self, prints: list[tuple[Path, Fingerprint]]) -> list[FileState]:
+        """Records the leg, matches the inputs with the checkpoint and plans the resume."""
+        cp = self._cp
+        current = self._settings_fingerprint()
+        self._warn_changed(await cp.start_leg(current, self.command), current)
+        files = await cp.register_files(prints, self.s.force)
+        self._warn_vanished(await cp.vanished(files))
+        sources = {f.id: str(f.path) for f in files}
+        stopped = await cp.take_ambiguous(self.s.ambiguous, sources)
+        ambiguous = [a for a in stopped if a.sent]
+        reread = stopped if self.s.ambiguous == "resend" else [a for a in stopped if not a.sent]
+        await cp.plan_files(files, reread)
+        self._announce_resume(files, ambiguous)
+        suppress = self._suppressed(files) if reread or cp.previous_leg_crashed else set()
+        self._dlq.open(suppress)
+        return files
+
+    def _warn_changed(self, previous: dict[str, Any] | None, current: dict[str, Any]) -> None:
+        # a key the previous leg's version did not record is not a change
+        changed = sorted(
+            k for k in current if previous and k in previous and previous[k] != current[k]
+        )
+        if previous and "endpoint" in changed:
+            changed.remove("endpoint")
+            self._warn(
+                f"the endpoint changed since the last leg ({previous['endpoint']} -> "
+                f"{current['endpoint']}): what earlier legs acknowledged went to the old one "
+                "and is not sent to the new one; load another environment with its own "
+                "--state-dir"
+            )
+        if changed:
+            self._warn(
+                f"settings changed since the last leg ({', '.join(changed)}): acknowledged "
+                "records stay as they were sent; the rest follows the new settings"
+            )
+
+    def _warn_vanished(self, vanished: list[tuple[str, int | None, int]]) -> None:
+        """A file an earlier leg read from but that this leg's inputs lack: what of it was
+        not loaded never will be, unless it comes back."""
+        for path, lines, settled in vanished:
+            if lines is not None and settled >= lines:
+                continue  # loaded whole: dropping it from the inputs is fine
+            if lines is not None:
+                left = f"{lines - settled:,} of its {plural(lines, 'line')} never loaded"
+            elif settled:
+                left = f"{plural(settled, 'line')} loaded, the rest never loaded"
+            else:
+                left = "never loaded"
+            self._warn(f"{path}: gone from the inputs since an earlier leg; {left}")
+            self._never_loaded.append(path)
 
     def _settings_fingerprint(self) -> dict[str, Any]:
         s = self.s
@@ -150,6 +200,8 @@ class Engine:
                 msgspec.json.encode(s.mapping or {}, order="sorted")
             ).hexdigest()[:16],
             "version": __version__,
+            "endpoint": s.endpoint,
+            "rehearsal": "dry-run" if s.dry_run else "server-dry-run" if s.server_dry_run else "",
         }
 
     def _announce_resume(self, files: list[FileState], ambiguous: list[AmbiguousRange]) -> None:
@@ -157,13 +209,16 @@ class Engine:
         started = sum(1 for f in files if not f.done and (f.start_line or f.plan.skip))
         if not (done or started or ambiguous):
             return
-        what = "re-sending" if self.s.ambiguous == "resend" else "assuming delivered"
-        lines = [f"resuming: {done} of {len(files)} files done, {started} partly done"]
+        lines = [f"resuming: {done} of {plural(len(files), 'file')} done, {started} partly done"]
         if ambiguous:
             records = sum(a.records for a in ambiguous)
+            one = len(ambiguous) == 1
+            what = "re-sending" if self.s.ambiguous == "resend" else "assuming delivered"
             lines.append(
-                f"resuming: {len(ambiguous)} batches ({records} records) were in flight at the "
-                f"last stop and are ambiguous; {what} them (--ambiguous)"
+                f"resuming: {plural(len(ambiguous), 'batch', 'batches')} "
+                f"({plural(records, 'record')}) {'was' if one else 'were'} in flight at the "
+                f"last stop and {'is' if one else 'are'} ambiguous; {what} "
+                f"{'it' if one else 'them'} (--ambiguous)"
             )
         for line in lines:
             print(line, file=self.out)
@@ -267,6 +322,10 @@ class Engine:
                 if f.done:
                     continue
                 await self._read_file(f)
+        except TooManyInvalid as exc:
+            # stop reading, but deliver what was read: its dead letters are then all written
+            # and the report counts exactly the lines the message speaks of
+            self.exit_code, self.error = exc.exit_code, self.secret.redact(str(exc))
         except BackfillError as exc:
             self._fail(exc)
             return
@@ -321,17 +380,24 @@ class Engine:
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
+        self._cp.note_warning(message)
         print(f"warning: {message}", file=self.out)
 
     async def _submit(self, batch: Batch) -> None:
         self.stats.records_read += batch.lines_read
         self.stats.records_invalid += len(batch.invalid)
-        self._check_invalid_ratio()
+        self.stats.records_filtered += batch.filtered
+        if batch.invalid and len(self._samples) < SAMPLES:
+            self._samples += [r.raw for r in batch.invalid[: SAMPLES - len(self._samples)]]
         if batch.records:
             await self._queue.put(batch)
-            return
-        self._dlq.write(batch.source, batch.invalid)  # nothing to send: settle it here
-        await self._cp.mark_acked(*self._row(batch), (0, 0, 0, 0), leg=self._leg_counts())
+        else:  # nothing to send: settle it here, its dead letters on disk first
+            self._dlq.write(batch.source, batch.invalid)
+            sync = self._dlq.sync if batch.invalid else None
+            await self._cp.mark_acked(
+                *self._row(batch), (0, 0, 0, 0), leg=self._leg_counts(), first=sync
+            )
+        self._check_invalid_ratio()
 
     def _check_invalid_ratio(self) -> None:
         s, window = self.stats, self.s.invalid_ratio_window
@@ -343,9 +409,29 @@ class Engine:
             raise TooManyInvalid(
                 f"{s.records_invalid:,} of the first {s.records_read:,} records are invalid "
                 f"({ratio:.0%} > --max-invalid-ratio {self.s.max_invalid_ratio}): the input "
-                f"does not look like Miso {self.s.kind} records. See {self.s.dead_letter_path}; "
-                "rerun with --max-invalid-ratio 1 to load the valid ones anyway"
+                f"does not look like Miso {self.s.kind} records{self._hint()}. See "
+                f"{self.s.dead_letter_path}; rerun with --max-invalid-ratio 1 to load the "
+                "valid ones anyway"
             )
+
+    def _check_all_invalid(self, totals: Totals) -> None:
+        """An input too small for the ratio window, and entirely invalid: nothing was
+        loaded, which must not look like success."""
+        if self.exit_code != EXIT_OK or self.s.max_invalid_ratio >= 1.0:
+            return
+        if not 0 < totals.records_invalid == totals.records_read:
+            return
+        n = totals.records_read
+        what = "the only record read is" if n == 1 else f"all {n:,} records read are"
+        self.exit_code = TooManyInvalid.exit_code
+        self.error = (
+            f"{what} invalid, so nothing was loaded{self._hint()}. See "
+            f"{self.s.dead_letter_path} for each line's reason"
+        )
+
+    def _hint(self) -> str:
+        text = hint(self.s.kind, self._samples, mapped=self._transform is not None)
+        return f" ({text})" if text and self.s.operation == "upload" else ""
 
     @staticmethod
     def _row(batch: Batch) -> tuple[tuple[int, int], tuple[int, int, int], tuple[int, int, int]]:
@@ -380,11 +466,16 @@ class Engine:
         finally:
             self.stats.in_flight -= 1
         self._dlq.write(batch.source, d.rejected)
-        if d.rejected or batch.invalid:
-            self._dlq.sync()
+        sync = self._dlq.sync if d.rejected or batch.invalid else None  # on the checkpoint thread
         outcome = (d.accepted, len(d.rejected), d.requests, d.retries)
         await self._cp.mark_acked(
-            key, span, counts, outcome, d.accepted * d.ambiguous, leg=self._leg_counts()
+            key,
+            span,
+            counts,
+            outcome,
+            d.accepted * d.ambiguous,
+            leg=self._leg_counts(),
+            first=sync,
         )
         self.stats.records_accepted += d.accepted
         self.stats.records_rejected += len(d.rejected)
@@ -393,7 +484,9 @@ class Engine:
 
     # -- report --------------------------------------------------------------------------
 
-    def _report(self, totals: Totals, ambiguous: list[dict[str, Any]]) -> dict[str, Any]:
+    def _report(
+        self, totals: Totals, ambiguous: list[dict[str, Any]], warnings: list[str]
+    ) -> dict[str, Any]:
         status = {EXIT_OK: "completed", EXIT_SIGINT: "interrupted", EXIT_SIGTERM: "interrupted"}
         report: dict[str, Any] = {
             "status": status.get(self.exit_code, "stopped"),
@@ -417,6 +510,7 @@ class Engine:
             else 0.0,
             "legs": totals.legs,
             "files": totals.files_total,
+            "files_never_loaded": self._never_loaded,
             "ambiguous_batches": ambiguous,
             "this_leg": {
                 "records_read": self.stats.records_read,
@@ -428,11 +522,15 @@ class Engine:
             "endpoint": self._client_url(),
             "dry_run": self.s.dry_run,
             "server_dry_run": self.s.server_dry_run,
+            "rehearsal": self.s.dry_run or self.s.server_dry_run,
             "state_dir": self.s.state_dir,
             "dead_letter": str(self.s.dead_letter_path),
-            "warnings": self.warnings,
+            "warnings": warnings,  # of every leg
             "error": self.error,
         }
+        note = rehearsal_note(self.s.dry_run, self.s.server_dry_run)
+        if note:
+            report["note"] = note
         if self.exit_code != EXIT_OK and self.command:
             report["resume_command"] = self.command
         return report

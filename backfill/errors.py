@@ -2,7 +2,8 @@
 
 BackfillError                 any failure we expect and can explain (no traceback shown)
 ├── UsageError                bad flags, config or inputs                        exit 2
-│   └── InputChanged          a resumed input file differs from the checkpoint   exit 2
+│   ├── InputChanged          a resumed input file differs from the checkpoint   exit 2
+│   └── CheckpointLost        an earlier run's checkpoint is missing or empty    exit 2
 ├── StateLocked               another process holds the state dir                exit 2
 ├── Abandoned                 a batch given up because the run is stopping (the stop's code)
 └── NeedsUser                 stopped; resumable once the user acts              exit 3
@@ -11,6 +12,7 @@ BackfillError                 any failure we expect and can explain (no tracebac
     ├── ServerRefused         an answer no retry can fix (404, 3xx, ...), or refusals
     │                         of records wholesale (--max-rejected-ratio)
     ├── RetriesExhausted      429/5xx/timeouts outlasted the retry budget
+    ├── StateUnwritable       the state dir is full (or its disk failing)
     └── TooManyInvalid        the input plainly has the wrong shape
 """
 
@@ -32,6 +34,10 @@ class UsageError(BackfillError):
 
 
 class InputChanged(UsageError):
+    pass
+
+
+class CheckpointLost(UsageError):
     pass
 
 
@@ -60,6 +66,10 @@ class ServerRefused(NeedsUser):
 
 
 class RetriesExhausted(NeedsUser):
+    pass
+
+
+class StateUnwritable(NeedsUser):
     pass
 
 

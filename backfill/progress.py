@@ -19,6 +19,7 @@ class LegStats:
     bytes_done: int = 0  # of which already acknowledged before this leg or read in it
     records_read: int = 0
     records_invalid: int = 0
+    records_filtered: int = 0
     records_accepted: int = 0
     records_rejected: int = 0
     requests: int = 0
@@ -27,22 +28,26 @@ class LegStats:
     started: float = 0.0
 
 
+def plural(n: int, word: str, words: str = "") -> str:
+    """The count and the word that agrees with it: "1 batch", "2 batches"."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
 def _rate(n: float, seconds: float) -> float:
     return n / seconds if seconds > 0 else 0.0
 
 
-def _eta(stats: LegStats, elapsed: float, bytes_at_start: int) -> str:
-    done = stats.bytes_done - bytes_at_start
-    left = stats.bytes_total - stats.bytes_done
-    if done <= 0 or elapsed <= 0:
-        return "--:--"
-    seconds = int(left / (done / elapsed))
-    hours, rest = divmod(seconds, 3600)
+def _clock(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 class Progress:
-    """Renders LegStats every `interval` seconds: `\\r`-updated on a TTY, plain lines otherwise."""
+    """Renders LegStats every `interval` seconds: `\\r`-updated on a TTY, plain lines otherwise.
+
+    The share and the ETA follow what the API acknowledged, not what was read: with a slow
+    API the reader runs ahead by up to `2 x concurrency` batches, which is not progress.
+    """
 
     def __init__(
         self, stats: LegStats, mode: str, interval: float, out: TextIO = sys.stderr
@@ -53,17 +58,34 @@ class Progress:
         self.stats, self.out = stats, out
         self._bytes_at_start = stats.bytes_done
 
-    def line(self) -> str:
+    def line(self, now: float | None = None) -> str:
         s = self.stats
-        elapsed = time.monotonic() - s.started
-        share = 100.0 * s.bytes_done / s.bytes_total if s.bytes_total else 100.0
+        elapsed = (time.monotonic() if now is None else now) - s.started
+        total = s.bytes_total or 1
+        acked = self._bytes_acknowledged()
         mb = (s.bytes_done - self._bytes_at_start) / 1e6
         return (
-            f"{share:5.1f}% | {s.records_accepted:,} accepted | "
+            f"{100.0 * acked / total:5.1f}% acknowledged ({100.0 * s.bytes_done / total:.1f}% "
+            f"read) | {s.records_accepted:,} accepted | "
             f"{_rate(s.records_read, elapsed):,.0f} rec/s | {_rate(mb, elapsed):.1f} MB/s | "
-            f"ETA {_eta(s, elapsed, self._bytes_at_start)} | in flight {s.in_flight} | "
+            f"ETA {self._eta(acked, elapsed)} | in flight {s.in_flight} | "
             f"retries {s.retries} | rejected {s.records_invalid + s.records_rejected}"
         )
+
+    def _bytes_acknowledged(self) -> float:
+        """Input bytes done before this leg, plus those read in it in the proportion of its
+        valid records the API has answered for (invalid and filtered ones need no answer)."""
+        s = self.stats
+        valid = s.records_read - s.records_invalid - s.records_filtered
+        answered = s.records_accepted + s.records_rejected
+        share = min(1.0, answered / valid) if valid > 0 else 1.0
+        return self._bytes_at_start + (s.bytes_done - self._bytes_at_start) * share
+
+    def _eta(self, acked: float, elapsed: float) -> str:
+        done = acked - self._bytes_at_start
+        if done <= 0 or elapsed <= 0:
+            return "--:--"
+        return _clock((self.stats.bytes_total - acked) / (done / elapsed))
 
     def show(self) -> None:
         if self.mode == "off":
@@ -97,9 +119,27 @@ REPORT_ROWS = [
 ]
 
 
+def rehearsal_note(dry_run: bool, server_dry_run: bool) -> str | None:
+    """The plain sentence a rehearsal's report, table and `status` carry."""
+    if dry_run:
+        return (
+            "rehearsal (--dry-run): nothing was sent and nothing was stored; "
+            "run without --dry-run to load the records"
+        )
+    if server_dry_run:
+        return (
+            "rehearsal (--server-dry-run): the API checked the records and stored nothing; "
+            "run without --server-dry-run to load them (a rehearsal keeps its own checkpoint)"
+        )
+    return None
+
+
 def render_report(report: dict[str, Any]) -> str:
     width = max(len(label) for _, label in REPORT_ROWS)
-    lines = [f"backfill {report['status']} (exit {report['exit_code']})"]
+    head = f"backfill {report['status']} (exit {report['exit_code']})"
+    lines = [head + (": a rehearsal, nothing was stored" if report.get("rehearsal") else "")]
+    if report.get("note"):
+        lines.append(f"  {report['note']}")
     for key, label in REPORT_ROWS:
         value = report.get(key, 0)
         shown = f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import json
 from collections import Counter
 from pathlib import Path
 
-from backfill.server import Faults, RunningServer
+from backfill.server import Faults, RunningServer, ServerConfig, start_server
 from tests.helpers import dead_letters, interaction, line, numbers, run_engine, write_lines
 
 
@@ -216,6 +217,183 @@ async def test_too_many_invalid_records_stop_the_run(tmp_path: Path, server: Run
         tmp_path, server.url, server.secret_key, [str(path)], invalid_ratio_window=100
     )
     assert report["exit_code"] == 3 and "--max-invalid-ratio" in report["error"]
+
+
+async def test_the_invalid_ratio_stop_dead_letters_and_counts_every_line_read(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """Two lines in three are invalid: the stop comes after 4 batches of 30 lines (a batch
+    closes at 20 invalid; the window is 100); each invalid line of those 120 is dead-lettered."""
+    rows = []
+    for i in range(100):
+        rows += [line(interaction(i)), b'{"event": "view", "sku": "%d"}' % i, b"{broken"]
+    path = write_lines(tmp_path / "a.jsonl", rows)
+    run = dict(batch_size=20, concurrency=2, invalid_ratio_window=100)
+    report = await run_engine(tmp_path, server.url, server.secret_key, [str(path)], **run)
+    assert report["exit_code"] == 3
+    assert "80 of the first 120 records are invalid" in report["error"]
+    dead = tmp_path / "state" / "dead-letter.jsonl"
+    assert sorted(e["line"] for e in dead_letters(dead)) == [n + 1 for n in range(120) if n % 3]
+    assert report["records_read"] == 120 and report["records_invalid"] == 80
+    assert report["records_accepted"] == 40  # the valid records of what was read
+    assert numbers(server.records("interactions")) == list(range(40))
+
+    report = await run_engine(
+        tmp_path, server.url, server.secret_key, [str(path)], **run, max_invalid_ratio=1.0
+    )
+    assert report["exit_code"] == 0 and report["records_read"] == 300
+    assert sorted(e["line"] for e in dead_letters(dead)) == [n + 1 for n in range(300) if n % 3]
+    assert sorted(numbers(server.records("interactions"))) == list(range(100))
+
+
+async def test_a_small_input_that_is_all_invalid_says_why(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """Fewer records than the ratio window, none valid: exit 3 with the likely cause."""
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([interaction(0), interaction(1)], indent=2))
+    report = await run_engine(tmp_path / "1", server.url, server.secret_key, [str(export)])
+    assert report["exit_code"] == 3 and report["status"] == "stopped"
+    lines = export.read_text().count("\n") + 1
+    assert f"all {lines} records read are invalid, so nothing was loaded" in report["error"]
+    assert "this looks like one JSON document" in report["error"]
+    assert report["records_invalid"] == lines
+
+    events = write_lines(tmp_path / "events.jsonl", [line(interaction(i)) for i in range(5)])
+    report = await run_engine(
+        tmp_path / "2", server.url, server.secret_key, [str(events)], kind="products"
+    )
+    assert report["exit_code"] == 3
+    assert "all 5 records read are invalid" in report["error"]
+    assert "look like interactions, not products: use --kind interactions" in report["error"]
+    assert (await server.stats())["requests"]["total"] == 0
+
+    one = write_lines(tmp_path / "one.jsonl", [b'{"sku": 1}'])
+    report = await run_engine(tmp_path / "3", server.url, server.secret_key, [str(one)])
+    assert report["exit_code"] == 3 and "the only record read is invalid" in report["error"]
+    assert "logs of another shape need a [mapping]" in report["error"]
+    report = await run_engine(
+        tmp_path / "4", server.url, server.secret_key, [str(one)], max_invalid_ratio=1.0
+    )
+    assert report["exit_code"] == 0  # accepted on purpose
+
+
+async def test_the_report_keeps_the_warnings_of_every_leg(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    empty = write_lines(tmp_path / "0-empty.jsonl", [])
+    path = write_lines(tmp_path / "a.jsonl", [line(interaction(i)) for i in range(300)])
+    inputs = [str(empty), str(path)]
+    report = await run_engine(tmp_path, server.url, "not-the-key", inputs, batch_size=100)
+    assert report["exit_code"] == 3  # the empty file was read, a.jsonl refused
+    assert report["warnings"] == [f"{empty}: empty file: no records"]
+    report = await run_engine(tmp_path, server.url, server.secret_key, inputs, batch_size=150)
+    assert report["exit_code"] == 0 and report["records_accepted"] == 300
+    assert report["warnings"] == [
+        f"{empty}: empty file: no records",
+        "settings changed since the last leg (batch_size): acknowledged records stay as they "
+        "were sent; the rest follows the new settings",
+    ]
+    report = await run_engine(tmp_path, server.url, server.secret_key, inputs, batch_size=150)
+    assert len(report["warnings"]) == 2  # each warning once, however many legs said it
+
+
+async def test_a_file_gone_between_legs_is_named_as_never_loaded(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    whole = write_lines(logs / "1.jsonl", [line(interaction(i)) for i in range(50)])
+    bad = [b'{"sku": %d}' % i for i in range(300)]
+    part = write_lines(logs / "2.jsonl", [line(interaction(50 + i)) for i in range(40)] + bad)
+    run = dict(batch_size=50, invalid_ratio_window=200)
+    report = await run_engine(tmp_path, server.url, server.secret_key, [str(logs)], **run)
+    # 50 + 190 lines read when the ratio stops the leg: 1.jsonl whole, 2.jsonl in part
+    assert report["exit_code"] == 3 and report["records_read"] == 240
+    whole.unlink()
+    part.unlink()
+    write_lines(logs / "3.jsonl", [line(interaction(100 + i)) for i in range(20)])
+    report = await run_engine(tmp_path, server.url, server.secret_key, [str(logs)], **run)
+    assert report["exit_code"] == 0 and report["records_accepted"] == 110
+    assert report["files_never_loaded"] == [str(part.resolve())]
+    assert report["warnings"] == [
+        f"{part.resolve()}: gone from the inputs since an earlier leg; 190 lines loaded, "
+        "the rest never loaded"
+    ]
+
+
+async def test_changing_the_endpoint_between_legs_warns(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """Another environment is another load: what the first one acknowledged is not sent to
+    the second, and the user is told so."""
+    first = write_lines(tmp_path / "1.jsonl", [line(interaction(i)) for i in range(200)])
+    report = await run_engine(tmp_path, server.url, server.secret_key, [str(tmp_path / "*")])
+    assert report["exit_code"] == 0 and report["warnings"] == []
+    second = write_lines(tmp_path / "2.jsonl", [line(interaction(200 + i)) for i in range(50)])
+    other = await start_server(ServerConfig(port=0, store="memory", secret_key="other-key"))
+    try:
+        report = await run_engine(tmp_path, other.url, "other-key", [str(tmp_path / "*")])
+        assert report["exit_code"] == 0
+        assert report["warnings"] == [
+            f"the endpoint changed since the last leg ({server.url} -> {other.url}): what "
+            "earlier legs acknowledged went to the old one and is not sent to the new one; "
+            "load another environment with its own --state-dir"
+        ]
+        assert sorted(other.records("interactions")) == sorted(second.read_bytes().splitlines())
+    finally:
+        await other.close()
+    assert sorted(server.records("interactions")) == sorted(first.read_bytes().splitlines())
+
+
+async def test_resume_messages_agree_in_number(tmp_path: Path, server: RunningServer) -> None:
+    import io
+    import sqlite3
+
+    from backfill.config import Secret, Settings
+    from backfill.engine import Engine
+
+    path = write_lines(tmp_path / "a.jsonl", [line(interaction(i)) for i in range(250)])
+    await run_engine(tmp_path, server.url, server.secret_key, [str(path)], batch_size=100)
+    db = sqlite3.connect(tmp_path / "state" / "checkpoint.sqlite")
+    with db:  # the state a kill -9 leaves with the last batch (50 records) in flight
+        db.execute("UPDATE batches SET state = 'inflight' WHERE start_line = 200")
+        db.execute("UPDATE legs SET exit_code = NULL")
+    db.close()
+    settings = Settings(
+        inputs=[str(path)], endpoint=server.url, state_dir=str(tmp_path / "state"),
+        batch_size=100, progress="off",
+    )  # fmt: skip
+    out = io.StringIO()
+    report = await Engine(settings, Secret(server.secret_key), out=out).run()
+    err = out.getvalue()
+    assert "resuming: 0 of 1 file done, 1 partly done" in err
+    assert (
+        "resuming: 1 batch (50 records) was in flight at the last stop and is ambiguous; "
+        "re-sending it (--ambiguous)" in err
+    )
+    assert report["possibly_duplicated"] == 50 and report["records_accepted"] == 250
+
+
+async def test_a_batch_counts_as_acknowledged_only_once_its_dead_letters_are_on_disk(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """A dead-letter file that cannot be fsynced (a FIFO: EINVAL) stops the run before the
+    batch of invalid lines it holds is marked acknowledged: a resume reads them again."""
+    import os
+
+    fifo = tmp_path / "dead-letter.fifo"
+    os.mkfifo(fifo)
+    rows = [b"{broken %d" % i for i in range(5)] + [line(interaction(i)) for i in range(100)]
+    path = write_lines(tmp_path / "a.jsonl", rows)
+    report = await run_engine(
+        tmp_path, server.url, server.secret_key, [str(path)], batch_size=5,
+        dead_letter=str(fifo), max_invalid_ratio=1.0,
+    )  # fmt: skip
+    assert report["exit_code"] == 3
+    assert f"cannot write the dead-letter file {fifo} (Invalid argument)" in report["error"]
+    assert report["records_read"] == report["records_invalid"] == 0  # nothing acknowledged
+    assert report["batches_acknowledged"] == 0
 
 
 async def test_dry_runs_store_nothing(tmp_path: Path, server: RunningServer) -> None:
