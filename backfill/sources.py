@@ -143,39 +143,49 @@ class BlockTransform(Protocol):
 
 
 class _Inflater:
-    """Incremental gzip (multi-member) or pass-through decoding, with bounded output pieces."""
+    """Incremental gzip (multi-member) or pass-through decoding, one bounded piece at a time.
+
+    `feed` hands over a chunk of the file; `pull` returns the next piece of output, at most
+    INFLATE_PIECE bytes, or None once that chunk is used up. zlib's `max_length` keeps the
+    rest of the input in `unconsumed_tail`, so a chunk that inflates a thousandfold (a gzip
+    bomb) is never held inflated: memory stays a few pieces, whatever the ratio.
+    """
 
     def __init__(self, gzipped: bool) -> None:
         self.gzipped = gzipped
         self._d = zlib.decompressobj(wbits=31)
         self._fed = False
+        self._input = b""
+        self._full = False  # the last piece hit the limit: zlib may hold more output
         self.broken: str | None = None
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> None:
+        self._input = data
+
+    def pull(self) -> bytes | None:
         if not self.gzipped:
-            return [data]
-        out: list[bytes] = []
+            data, self._input = self._input, b""
+            return data or None
         try:
-            while not self.broken:
-                self._fed = self._fed or bool(data)
-                piece = self._d.decompress(data, INFLATE_PIECE)
-                if piece:
-                    out.append(piece)
-                data = self._d.unconsumed_tail
+            while not self.broken and (self._input or self._full):
+                self._fed = self._fed or bool(self._input)
+                piece = self._d.decompress(self._input, INFLATE_PIECE)
+                self._input, self._full = self._d.unconsumed_tail, len(piece) == INFLATE_PIECE
                 if self._d.eof:  # a member ended; another may follow (multi-member gzip)
-                    data = self._d.unused_data
-                    self._d, self._fed = zlib.decompressobj(wbits=31), False
-                    if not data:
-                        break
-                    if not (data.startswith(GZIP_MAGIC) or GZIP_MAGIC.startswith(data)):
-                        if data.strip(b"\0"):  # NUL padding after the last member is harmless
-                            self.broken = "unexpected bytes after the last gzip member"
-                        break
-                elif not data and len(piece) < INFLATE_PIECE:
-                    break  # input used up and no output held back by the piece limit
+                    self._next_member(self._d.unused_data)
+                if piece:
+                    return piece
         except zlib.error as exc:
             self.broken = f"corrupt gzip data ({exc}); the rest of the file cannot be read"
-        return out
+        return None
+
+    def _next_member(self, rest: bytes) -> None:
+        self._d, self._fed, self._full = zlib.decompressobj(wbits=31), False, False
+        self._input = rest
+        if rest and not (rest.startswith(GZIP_MAGIC) or GZIP_MAGIC.startswith(rest)):
+            if rest.strip(b"\0"):  # NUL padding after the last member is harmless
+                self.broken = "unexpected bytes after the last gzip member"
+            self._input = b""
 
     def finish(self) -> str | None:
         """Why the stream ended badly, or None."""
@@ -189,9 +199,9 @@ class _Inflater:
 async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, bytes, _Inflater]]:
     """(raw bytes consumed, uncompressed piece, inflater) from `start_offset` on.
 
-    Inflating runs on a worker thread one chunk ahead (zlib releases the GIL), so it
-    overlaps the validation of the previous chunk on the event loop; chunks are fed in
-    order, never two at once.
+    Inflating runs on a worker thread one piece ahead (zlib releases the GIL), so it
+    overlaps the validation of the previous piece on the event loop; pieces are pulled in
+    order, never two at once, and at most one waits inflated.
     """
     loop = asyncio.get_running_loop()
     async with aiofiles.open(path, "rb") as fh:
@@ -202,21 +212,20 @@ async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, byt
             await fh.seek(start_offset)
             yield start_offset, b"", inflater
             raw, skip = await fh.read(CHUNK), 0
-        ahead = loop.run_in_executor(None, inflater.feed, raw) if raw else None
-        while ahead is not None:
-            consumed = len(raw)
-            pieces = await ahead
-            raw = await fh.read(CHUNK)
-            ahead = loop.run_in_executor(None, inflater.feed, raw) if raw else None
-            for piece in pieces:
+        consumed = 0
+        while raw:
+            consumed += len(raw)
+            inflater.feed(raw)
+            ahead = loop.run_in_executor(None, inflater.pull)
+            while (piece := await ahead) is not None:
+                ahead = loop.run_in_executor(None, inflater.pull)
                 if skip:
                     take = min(skip, len(piece))
                     piece, skip = piece[take:], skip - take
                 yield consumed, piece, inflater
                 consumed = 0
-            if consumed:
-                yield consumed, b"", inflater
-        yield 0, b"", inflater  # lets the caller ask inflater.finish()
+            raw = await fh.read(CHUNK)
+        yield consumed, b"", inflater  # lets the caller ask inflater.finish()
 
 
 async def read_blocks(
