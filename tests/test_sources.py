@@ -10,13 +10,16 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from backfill.server import RunningServer
 from backfill.sources import INFLATE_PIECE, PREVIEW, Block, _Inflater, discover, read_blocks
-from tests.helpers import dead_letters
+from tests.faultfs import FaultFS, FaultFSUnavailable
+from tests.helpers import dead_letters, interaction, line, numbers, run_engine
 
 ROWS = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 300)) for i in range(20_000)]
 DATA = b"".join(r + b"\n" for r in ROWS)
@@ -188,3 +191,37 @@ def test_gzip_bomb_of_repeated_records_delivers_each_in_bounded_memory(tmp_path:
     assert peak_mb < RSS_LIMIT_MB
     assert (report["records_read"], report["records_valid"]) == (lines, lines)
     assert (report["records_invalid"], report["warnings"]) == (0, [])
+
+
+FAULTY_RECORDS = 30_000
+
+
+@pytest.fixture
+def faulty_disk(tmp_path: Path) -> Iterator[FaultFS]:
+    """5 MB of records on a FUSE mount whose bytes [2.5 MiB, 3 MiB) fail with EIO."""
+    records = b"".join(line(interaction(i)) + b"\n" for i in range(FAULTY_RECORDS))
+    fs = FaultFS(tmp_path / "mnt", "day.jsonl", records, (5 * MB // 2, 3 * MB))
+    try:
+        fs.mount()
+    except FaultFSUnavailable as exc:
+        pytest.skip(f"a real read error needs FUSE: {exc}")
+    try:
+        yield fs
+    finally:
+        fs.unmount()
+
+
+async def test_a_read_error_mid_file_stops_the_run_and_the_resume_loads_the_rest(
+    tmp_path: Path, server: RunningServer, faulty_disk: FaultFS
+) -> None:
+    source = str(faulty_disk.path)
+    first = await run_engine(tmp_path, server.url, server.secret_key, [source])
+    assert first["exit_code"] == 3 and faulty_disk.failed_reads >= 1
+    assert first["error"] == f"cannot read {source}: Input/output error"
+    before = numbers(server.records("interactions"))
+    bad_band_starts = faulty_disk.data[: faulty_disk.bad_from].count(b"\n")
+    assert len(set(before)) == len(before) and all(n < bad_band_starts for n in before)
+    faulty_disk.broken = False  # the disk is back
+    second = await run_engine(tmp_path, server.url, server.secret_key, [source])
+    assert second["exit_code"] == 0
+    assert sorted(numbers(server.records("interactions"))) == list(range(FAULTY_RECORDS))
