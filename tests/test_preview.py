@@ -147,3 +147,13 @@ def test_a_bad_mapping_is_reported_before_reading(tmp_path: Path) -> None:
     args = parse(["--config", str(config), str(ECOMMERCE[1])])
     with pytest.raises(UsageError, match=r"bad.toml line 5: mapping.fields.when: .*not a field"):
         args.func(args)
+
+
+async def test_whitespace_only_lines_are_blank_as_in_a_run(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text("allow_anonymous = true\n")
+    data = tmp_path / "in.jsonl"
+    good = json.dumps({"type": "home_page_view", "timestamp": "2026-01-01T00:00:00Z"})
+    data.write_text(f"{good}\n  \t \n \r\n\t\n{good}\n")
+    records = await shown(config, data, 5)
+    assert [(r.line, r.verdict) for r in records] == [(1, "valid"), (5, "valid")]
