@@ -33,6 +33,7 @@ DATA_SUFFIXES = (
 FINGERPRINT_BLOCK = 64 * 1024
 PREVIEW = 64 * 1024  # bytes of an undeliverable line kept for its dead-letter entry
 INFLATE_PIECE = 1 << 20  # bounds memory (gzip bombs) and the event loop's time per block
+INFLATE_AHEAD = 8  # pieces inflated per hop to the worker thread: at most 2 x 8 MiB held
 
 
 def discover(inputs: list[str]) -> list[Path]:
@@ -145,8 +146,8 @@ class BlockTransform(Protocol):
 class _Inflater:
     """Incremental gzip (multi-member) or pass-through decoding, one bounded piece at a time.
 
-    `feed` hands over a chunk of the file; `pull` returns the next piece of output, at most
-    INFLATE_PIECE bytes, or None once that chunk is used up. zlib's `max_length` keeps the
+    `feed` hands over a chunk of the file; `pull` returns the next pieces of output (each at
+    most INFLATE_PIECE bytes), or [] once that chunk is used up. zlib's `max_length` keeps the
     rest of the input in `unconsumed_tail`, so a chunk that inflates a thousandfold (a gzip
     bomb) is never held inflated: memory stays a few pieces, whatever the ratio.
     """
@@ -162,7 +163,15 @@ class _Inflater:
     def feed(self, data: bytes) -> None:
         self._input = data
 
-    def pull(self) -> bytes | None:
+    def pull(self, most: int = INFLATE_AHEAD) -> list[bytes]:
+        """Up to `most` pieces: several per call, as a worker thread's hop costs more than
+        inflating a small piece."""
+        out: list[bytes] = []
+        while len(out) < most and (piece := self._piece()) is not None:
+            out.append(piece)
+        return out
+
+    def _piece(self) -> bytes | None:
         if not self.gzipped:
             data, self._input = self._input, b""
             return data or None
@@ -199,9 +208,9 @@ class _Inflater:
 async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, bytes, _Inflater]]:
     """(raw bytes consumed, uncompressed piece, inflater) from `start_offset` on.
 
-    Inflating runs on a worker thread one piece ahead (zlib releases the GIL), so it
-    overlaps the validation of the previous piece on the event loop; pieces are pulled in
-    order, never two at once, and at most one waits inflated.
+    Inflating runs on a worker thread a few pieces ahead (zlib releases the GIL), so it
+    overlaps the validation of the previous pieces on the event loop; pieces are pulled in
+    order, never two batches at once, and at most INFLATE_AHEAD wait inflated.
     """
     loop = asyncio.get_running_loop()
     async with aiofiles.open(path, "rb") as fh:
@@ -217,13 +226,14 @@ async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, byt
             consumed += len(raw)
             inflater.feed(raw)
             ahead = loop.run_in_executor(None, inflater.pull)
-            while (piece := await ahead) is not None:
+            while pieces := await ahead:
                 ahead = loop.run_in_executor(None, inflater.pull)
-                if skip:
-                    take = min(skip, len(piece))
-                    piece, skip = piece[take:], skip - take
-                yield consumed, piece, inflater
-                consumed = 0
+                for piece in pieces:
+                    if skip:
+                        take = min(skip, len(piece))
+                        piece, skip = piece[take:], skip - take
+                    yield consumed, piece, inflater
+                    consumed = 0
             raw = await fh.read(CHUNK)
         yield consumed, b"", inflater  # lets the caller ask inflater.finish()
 

@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from backfill.server import RunningServer
-from backfill.sources import INFLATE_PIECE, PREVIEW, Block, _Inflater, discover, read_blocks
+from backfill.sources import (
+    INFLATE_AHEAD,
+    INFLATE_PIECE,
+    PREVIEW,
+    Block,
+    _Inflater,
+    discover,
+    read_blocks,
+)
 from tests.faultfs import FaultFS, FaultFSUnavailable
 from tests.helpers import dead_letters, interaction, line, numbers, run_engine
 
@@ -31,7 +39,7 @@ async def blocks(path: Path, **kw: int) -> list[Block]:
 def inflate(inflater: _Inflater, data: bytes) -> list[bytes]:
     """Feeds one chunk and pulls every piece it holds."""
     inflater.feed(data)
-    return list(iter(inflater.pull, None))
+    return [piece for pieces in iter(inflater.pull, []) for piece in pieces]
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3, 10])
@@ -57,16 +65,18 @@ def test_gzip_trailers_padding_junk_and_truncation() -> None:
     assert "truncated gzip stream" in (cut.finish() or "")
 
 
-def test_inflater_holds_one_bounded_piece_of_a_bomb_at_a_time() -> None:
-    """A chunk that inflates 1000x is pulled piece by piece, the rest kept compressed."""
+def test_inflater_holds_a_few_bounded_pieces_of_a_bomb_at_a_time() -> None:
+    """A chunk that inflates 1000x is pulled a few pieces at a time, the rest kept compressed."""
     chunk = gzip.compress(b"\0" * (64 * INFLATE_PIECE), compresslevel=9)
     assert len(chunk) < INFLATE_PIECE // 8
     inflater = _Inflater(True)
     inflater.feed(chunk)
-    first = inflater.pull()
-    assert first == b"\0" * INFLATE_PIECE
-    sizes = [len(piece) for piece in iter(inflater.pull, None)]
-    assert sizes == [INFLATE_PIECE] * 63 and inflater.finish() is None
+    assert inflater.pull(1) == [b"\0" * INFLATE_PIECE]
+    pulls = [[len(piece) for piece in pieces] for pieces in iter(inflater.pull, [])]
+    assert pulls == [
+        [INFLATE_PIECE] * min(INFLATE_AHEAD, 63 - i) for i in range(0, 63, INFLATE_AHEAD)
+    ]
+    assert inflater.finish() is None
 
 
 def test_a_truncated_bomb_yields_the_output_zlib_held_back_at_the_piece_limit() -> None:
