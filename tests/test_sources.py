@@ -144,11 +144,9 @@ REPEATED = b'{"type":"home_page_view","user_id":"u-1","timestamp":"2026-06-01T00
 
 def gzip_of(path: Path, part: bytes, times: int, level: int = 1) -> Path:
     """One gzip member of `part` x `times`, compressed piece by piece, never built whole."""
-    deflate = zlib.compressobj(level, zlib.DEFLATED, 31)
-    with open(path, "wb") as fh:
+    with gzip.open(path, "wb", compresslevel=level) as fh:
         for _ in range(times):
-            fh.write(deflate.compress(part))
-        fh.write(deflate.flush())
+            fh.write(part)
     return path
 
 
