@@ -210,7 +210,9 @@ async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, byt
 
     Inflating runs on a worker thread a few pieces ahead (zlib releases the GIL), so it
     overlaps the validation of the previous pieces on the event loop; pieces are pulled in
-    order, never two batches at once, and at most INFLATE_AHEAD wait inflated.
+    order, never two batches at once, and at most INFLATE_AHEAD wait inflated. When a chunk
+    is used up, the next one is read and its inflating started before the last pieces of
+    the previous one are handed over.
     """
     loop = asyncio.get_running_loop()
     async with aiofiles.open(path, "rb") as fh:
@@ -221,21 +223,33 @@ async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, byt
             await fh.seek(start_offset)
             yield start_offset, b"", inflater
             raw, skip = await fh.read(CHUNK), 0
-        consumed = 0
-        while raw:
-            consumed += len(raw)
-            inflater.feed(raw)
-            ahead = loop.run_in_executor(None, inflater.pull)
-            while pieces := await ahead:
+        consumed, fed = 0, len(raw)  # fed: bytes of a chunk none of whose pieces came back
+        ahead = _inflate(loop, inflater, raw)
+        while ahead is not None:
+            pieces = await ahead
+            consumed, fed = consumed + fed, 0
+            if len(pieces) == INFLATE_AHEAD:
                 ahead = loop.run_in_executor(None, inflater.pull)
-                for piece in pieces:
-                    if skip:
-                        take = min(skip, len(piece))
-                        piece, skip = piece[take:], skip - take
-                    yield consumed, piece, inflater
-                    consumed = 0
-            raw = await fh.read(CHUNK)
+            else:  # this chunk is used up
+                raw = await fh.read(CHUNK)
+                ahead, fed = _inflate(loop, inflater, raw), len(raw)
+            for piece in pieces:
+                if skip:
+                    take = min(skip, len(piece))
+                    piece, skip = piece[take:], skip - take
+                yield consumed, piece, inflater
+                consumed = 0
         yield consumed, b"", inflater  # lets the caller ask inflater.finish()
+
+
+def _inflate(
+    loop: asyncio.AbstractEventLoop, inflater: _Inflater, raw: bytes
+) -> asyncio.Future[list[bytes]] | None:
+    """Starts inflating the first pieces of `raw` on a worker thread; None at end of file."""
+    if not raw:
+        return None
+    inflater.feed(raw)
+    return loop.run_in_executor(None, inflater.pull)
 
 
 async def read_blocks(
