@@ -224,6 +224,8 @@ class BatchBuilder:
                     batch = self._open(block, index + 1)
             elif reason is OUT_OF_WINDOW:
                 batch.filtered += 1
+            elif line.isspace():
+                pass  # whitespace only (" \t", " \r"): blank; checked only once invalid
             else:
                 batch.invalid.append(Rejected(index, reason, line))
                 if len(batch.invalid) >= max_records:

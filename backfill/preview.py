@@ -102,8 +102,8 @@ async def preview(settings: Settings, path: Path, limit: int) -> list[Shown]:
             for slot, line in enumerate(block.lines):
                 index = block.first + slot
                 problem = block.problems.get(index)
-                if not line and problem is None:
-                    continue
+                if (not line or line.isspace()) and problem is None:
+                    continue  # a blank line, as a run skips it
                 source = seen.sources.get(index, raw.get(index, b""))
                 shown.append(_verdict(index, source, line, problem, seen, validator))
                 if len(shown) >= limit:

@@ -33,6 +33,7 @@ DATA_SUFFIXES = (
 FINGERPRINT_BLOCK = 64 * 1024
 PREVIEW = 64 * 1024  # bytes of an undeliverable line kept for its dead-letter entry
 INFLATE_PIECE = 1 << 20  # bounds memory (gzip bombs) and the event loop's time per block
+INFLATE_AHEAD = 8  # pieces inflated per hop to the worker thread: at most 2 x 8 MiB held
 
 
 def discover(inputs: list[str]) -> list[Path]:
@@ -143,39 +144,57 @@ class BlockTransform(Protocol):
 
 
 class _Inflater:
-    """Incremental gzip (multi-member) or pass-through decoding, with bounded output pieces."""
+    """Incremental gzip (multi-member) or pass-through decoding, one bounded piece at a time.
+
+    `feed` hands over a chunk of the file; `pull` returns the next pieces of output (each at
+    most INFLATE_PIECE bytes), or [] once that chunk is used up. zlib's `max_length` keeps the
+    rest of the input in `unconsumed_tail`, so a chunk that inflates a thousandfold (a gzip
+    bomb) is never held inflated: memory stays a few pieces, whatever the ratio.
+    """
 
     def __init__(self, gzipped: bool) -> None:
         self.gzipped = gzipped
         self._d = zlib.decompressobj(wbits=31)
         self._fed = False
+        self._input = b""
+        self._full = False  # the last piece hit the limit: zlib may hold more output
         self.broken: str | None = None
 
-    def feed(self, data: bytes) -> list[bytes]:
-        if not self.gzipped:
-            return [data]
+    def feed(self, data: bytes) -> None:
+        self._input = data
+
+    def pull(self, most: int = INFLATE_AHEAD) -> list[bytes]:
+        """Up to `most` pieces: several per call, as a worker thread's hop costs more than
+        inflating a small piece."""
         out: list[bytes] = []
+        while len(out) < most and (piece := self._piece()) is not None:
+            out.append(piece)
+        return out
+
+    def _piece(self) -> bytes | None:
+        if not self.gzipped:
+            data, self._input = self._input, b""
+            return data or None
         try:
-            while not self.broken:
-                self._fed = self._fed or bool(data)
-                piece = self._d.decompress(data, INFLATE_PIECE)
-                if piece:
-                    out.append(piece)
-                data = self._d.unconsumed_tail
+            while not self.broken and (self._input or self._full):
+                self._fed = self._fed or bool(self._input)
+                piece = self._d.decompress(self._input, INFLATE_PIECE)
+                self._input, self._full = self._d.unconsumed_tail, len(piece) == INFLATE_PIECE
                 if self._d.eof:  # a member ended; another may follow (multi-member gzip)
-                    data = self._d.unused_data
-                    self._d, self._fed = zlib.decompressobj(wbits=31), False
-                    if not data:
-                        break
-                    if not (data.startswith(GZIP_MAGIC) or GZIP_MAGIC.startswith(data)):
-                        if data.strip(b"\0"):  # NUL padding after the last member is harmless
-                            self.broken = "unexpected bytes after the last gzip member"
-                        break
-                elif not data and len(piece) < INFLATE_PIECE:
-                    break  # input used up and no output held back by the piece limit
+                    self._next_member(self._d.unused_data)
+                if piece:
+                    return piece
         except zlib.error as exc:
             self.broken = f"corrupt gzip data ({exc}); the rest of the file cannot be read"
-        return out
+        return None
+
+    def _next_member(self, rest: bytes) -> None:
+        self._d, self._fed, self._full = zlib.decompressobj(wbits=31), False, False
+        self._input = rest
+        if rest and not (rest.startswith(GZIP_MAGIC) or GZIP_MAGIC.startswith(rest)):
+            if rest.strip(b"\0"):  # NUL padding after the last member is harmless
+                self.broken = "unexpected bytes after the last gzip member"
+            self._input = b""
 
     def finish(self) -> str | None:
         """Why the stream ended badly, or None."""
@@ -189,9 +208,11 @@ class _Inflater:
 async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, bytes, _Inflater]]:
     """(raw bytes consumed, uncompressed piece, inflater) from `start_offset` on.
 
-    Inflating runs on a worker thread one chunk ahead (zlib releases the GIL), so it
-    overlaps the validation of the previous chunk on the event loop; chunks are fed in
-    order, never two at once.
+    Inflating runs on a worker thread a few pieces ahead (zlib releases the GIL), so it
+    overlaps the validation of the previous pieces on the event loop; pieces are pulled in
+    order, never two batches at once, and at most INFLATE_AHEAD wait inflated. When a chunk
+    is used up, the next one is read and its inflating started before the last pieces of
+    the previous one are handed over.
     """
     loop = asyncio.get_running_loop()
     async with aiofiles.open(path, "rb") as fh:
@@ -202,21 +223,33 @@ async def _pieces(path: Path, start_offset: int) -> AsyncIterator[tuple[int, byt
             await fh.seek(start_offset)
             yield start_offset, b"", inflater
             raw, skip = await fh.read(CHUNK), 0
-        ahead = loop.run_in_executor(None, inflater.feed, raw) if raw else None
+        consumed, fed = 0, len(raw)  # fed: bytes of a chunk none of whose pieces came back
+        ahead = _inflate(loop, inflater, raw)
         while ahead is not None:
-            consumed = len(raw)
             pieces = await ahead
-            raw = await fh.read(CHUNK)
-            ahead = loop.run_in_executor(None, inflater.feed, raw) if raw else None
+            consumed, fed = consumed + fed, 0
+            if len(pieces) == INFLATE_AHEAD:
+                ahead = loop.run_in_executor(None, inflater.pull)
+            else:  # this chunk is used up
+                raw = await fh.read(CHUNK)
+                ahead, fed = _inflate(loop, inflater, raw), len(raw)
             for piece in pieces:
                 if skip:
                     take = min(skip, len(piece))
                     piece, skip = piece[take:], skip - take
                 yield consumed, piece, inflater
                 consumed = 0
-            if consumed:
-                yield consumed, b"", inflater
-        yield 0, b"", inflater  # lets the caller ask inflater.finish()
+        yield consumed, b"", inflater  # lets the caller ask inflater.finish()
+
+
+def _inflate(
+    loop: asyncio.AbstractEventLoop, inflater: _Inflater, raw: bytes
+) -> asyncio.Future[list[bytes]] | None:
+    """Starts inflating the first pieces of `raw` on a worker thread; None at end of file."""
+    if not raw:
+        return None
+    inflater.feed(raw)
+    return loop.run_in_executor(None, inflater.pull)
 
 
 async def read_blocks(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backfill.batching import UPLOAD_ENVELOPE, BatchBuilder, Plan
 from backfill.schema import OUT_OF_WINDOW
+from backfill.server import RunningServer
 from backfill.sources import Block, Problem
+from tests.helpers import dead_letters, interaction, line, numbers, run_engine, write_lines
 
 
 def check(line: bytes) -> str | None:
@@ -33,7 +38,7 @@ def blocks_of(lines: list[bytes], cuts: list[int]) -> list[Block]:
     return out
 
 
-line_kinds = st.sampled_from(["ok", "ok", "ok", "ok", "bad", "old", "blank", "big"])
+line_kinds = st.sampled_from(["ok", "ok", "ok", "ok", "bad", "old", "blank", "spaces", "big"])
 
 
 @settings(max_examples=300, deadline=None)
@@ -51,6 +56,7 @@ def test_batches_cover_every_line_once_within_limits(
         "bad": b"bad%d",
         "old": b"old%d",
         "blank": b"",
+        "spaces": b" \t \r",
         "big": b'{"x":"%d' + b"y" * 500 + b'"}',
     }
     lines = [text[k] % i if b"%d" in text[k] else text[k] for i, k in enumerate(kinds)]
@@ -98,3 +104,36 @@ def test_reader_problems_become_dead_letters_or_filtered() -> None:
     assert [(r.line, r.reason, r.raw) for r in batch.invalid] == [(1, "too long", b"xxx")]
     assert batch.filtered == 1 and batch.records == [b'{"n":0}', b'{"n":3}']
     assert batch.end_offset == (7 + 1) + (5000 + 1) + (7 + 1) + (7 + 1)
+
+
+@pytest.mark.parametrize(
+    ("newline", "gz"), [(b"\n", False), (b"\r\n", False), (b"\n", True)], ids=["lf", "crlf", "gz"]
+)
+async def test_whitespace_only_lines_are_blank_not_dead_letters(
+    tmp_path: Path, server: RunningServer, newline: bytes, gz: bool
+) -> None:
+    good = [line(interaction(i)) for i in range(5)]
+    content = [
+        good[0],
+        b"  \t ",
+        good[1],
+        b" \r",
+        b"\t",
+        b"\r",  # with CRLF endings: "\r\r"
+        good[2],
+        b'{"type": "search", ',  # line 8
+        b"   ",
+        good[3],
+        line({**interaction(99), "type": "teleport"}),  # line 11
+        b" \t\r",
+        good[4],
+    ]
+    path = write_lines(tmp_path / "blanks.jsonl", content, gz=gz, newline=newline)
+    report = await run_engine(tmp_path, server.url, server.secret_key, [str(path)])
+    assert numbers(server.records("interactions")) == [0, 1, 2, 3, 4]
+    entries = dead_letters(tmp_path / "state" / "dead-letter.jsonl")
+    assert [(e["line"], e["reason"].split(":")[0]) for e in entries] == [
+        (8, "malformed JSON"),
+        (11, "type"),
+    ]
+    assert (report["exit_code"], report["records_read"], report["records_invalid"]) == (0, 7, 2)

@@ -166,3 +166,13 @@ async def test_a_deeply_nested_source_renders_within_the_width(tmp_path: Path) -
         assert all(len(x) <= width for x in out[1:])
         assert any(x.strip().startswith('"b": "end"') for x in out)
         assert out[-1] == "1 records: 1 valid, 0 dead letter, 0 left out"
+
+
+async def test_whitespace_only_lines_are_blank_as_in_a_run(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text("allow_anonymous = true\n")
+    data = tmp_path / "in.jsonl"
+    good = json.dumps({"type": "home_page_view", "timestamp": "2026-01-01T00:00:00Z"})
+    data.write_text(f"{good}\n  \t \n \r\n\t\n{good}\n")
+    records = await shown(config, data, 5)
+    assert [(r.line, r.verdict) for r in records] == [(1, "valid"), (5, "valid")]

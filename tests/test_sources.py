@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import bisect
 import gzip
+import json
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from backfill.sources import Block, _Inflater, discover, read_blocks
+from backfill.server import RunningServer
+from backfill.sources import (
+    INFLATE_AHEAD,
+    INFLATE_PIECE,
+    PREVIEW,
+    Block,
+    _Inflater,
+    discover,
+    read_blocks,
+)
+from tests.faultfs import FaultFS, FaultFSUnavailable
+from tests.helpers import dead_letters, interaction, line, numbers, run_engine
 
 ROWS = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 300)) for i in range(20_000)]
 DATA = b"".join(r + b"\n" for r in ROWS)
@@ -17,6 +36,12 @@ async def blocks(path: Path, **kw: int) -> list[Block]:
     return [b async for b in read_blocks(path, **kw)]
 
 
+def inflate(inflater: _Inflater, data: bytes) -> list[bytes]:
+    """Feeds one chunk and pulls every piece it holds."""
+    inflater.feed(data)
+    return [piece for pieces in iter(inflater.pull, []) for piece in pieces]
+
+
 @pytest.mark.parametrize("cut", [1, 2, 3, 10])
 def test_gzip_members_split_anywhere_across_reads(cut: int) -> None:
     a, b = b"hello\n" * 1000, b"world\n" * 1000
@@ -24,20 +49,52 @@ def test_gzip_members_split_anywhere_across_reads(cut: int) -> None:
     blob = ga + gb
     for at in (len(ga) - cut, len(ga), len(ga) + cut):
         inflater = _Inflater(True)
-        out = b"".join(inflater.feed(blob[:at]) + inflater.feed(blob[at:]))
+        out = b"".join(inflate(inflater, blob[:at]) + inflate(inflater, blob[at:]))
         assert out == a + b and inflater.finish() is None
 
 
 def test_gzip_trailers_padding_junk_and_truncation() -> None:
     blob = gzip.compress(b"x\n" * 100)
     padded = _Inflater(True)
-    assert b"".join(padded.feed(blob + b"\0" * 16)) == b"x\n" * 100 and padded.finish() is None
+    assert b"".join(inflate(padded, blob + b"\0" * 16)) == b"x\n" * 100 and padded.finish() is None
     junk = _Inflater(True)
-    junk.feed(blob + b"junk")
+    inflate(junk, blob + b"junk")
     assert junk.finish() == "unexpected bytes after the last gzip member"
     cut = _Inflater(True)
-    cut.feed(blob[:-5])
+    inflate(cut, blob[:-5])
     assert "truncated gzip stream" in (cut.finish() or "")
+
+
+def test_inflater_holds_a_few_bounded_pieces_of_a_bomb_at_a_time() -> None:
+    """A chunk that inflates 1000x is pulled a few pieces at a time, the rest kept compressed."""
+    chunk = gzip.compress(b"\0" * (64 * INFLATE_PIECE), compresslevel=9)
+    assert len(chunk) < INFLATE_PIECE // 8
+    inflater = _Inflater(True)
+    inflater.feed(chunk)
+    assert inflater.pull(1) == [b"\0" * INFLATE_PIECE]
+    pulls = [[len(piece) for piece in pieces] for pieces in iter(inflater.pull, [])]
+    assert pulls == [
+        [INFLATE_PIECE] * min(INFLATE_AHEAD, 63 - i) for i in range(0, 63, INFLATE_AHEAD)
+    ]
+    assert inflater.finish() is None
+
+
+def test_a_truncated_bomb_yields_the_output_zlib_held_back_at_the_piece_limit() -> None:
+    """Input used up, yet a piece at the limit: zlib may still hold a match's output.
+
+    Cut the stream near where its output crosses INFLATE_PIECE: at some cut the last
+    match straddles the limit, and only asking zlib again yields its remaining bytes.
+    """
+    blob = gzip.compress(b"\0" * (2 * INFLATE_PIECE), compresslevel=9)
+
+    def inflated(cut: int) -> bytes:
+        return zlib.decompressobj(wbits=31).decompress(blob[:cut])
+
+    crossing = bisect.bisect_left(range(len(blob)), INFLATE_PIECE, key=lambda c: len(inflated(c)))
+    for cut in range(crossing - 32, crossing + 32):
+        inflater = _Inflater(True)
+        assert b"".join(inflate(inflater, blob[:cut])) == inflated(cut)
+        assert "truncated gzip stream" in (inflater.finish() or "")
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
@@ -78,3 +135,112 @@ def test_discover_sorts_and_explains(tmp_path: Path) -> None:
     assert [p.name for p in discover([str(tmp_path / "*.txt")])] == ["notes.txt"]
     with pytest.raises(Exception, match="no input file matches"):
         discover([str(tmp_path / "*.parquet")])
+
+
+MB = 1 << 20
+RSS_LIMIT_MB = 200  # the old reader, holding a chunk's whole output, peaked at 300-570 MB
+REPEATED = b'{"type":"home_page_view","user_id":"u-1","timestamp":"2026-06-01T00:00:00.000Z"}\n'
+
+
+def gzip_of(path: Path, part: bytes, times: int, level: int = 1) -> Path:
+    """One gzip member of `part` x `times`, compressed piece by piece, never built whole."""
+    with gzip.open(path, "wb", compresslevel=level) as fh:
+        for _ in range(times):
+            fh.write(part)
+    return path
+
+
+def dry_run(tmp_path: Path, source: Path) -> tuple[int, float, dict[str, Any]]:
+    """Exit code, peak RSS (MB) and JSON report of `backfill run --dry-run` in a subprocess.
+
+    The peak is the child's own VmHWM, sampled until it exits: a high-water mark, so the
+    samples miss nothing but the last few milliseconds. (`ru_maxrss` would not do: a child
+    spawned with vfork inherits the test process's own peak, hundreds of MB in a full run.)
+    """
+    report = tmp_path / "report.json"
+    args = [sys.executable, "-m", "backfill", "run", str(source), "--dry-run"]
+    args += ["--progress", "off", "--state-dir", str(tmp_path / "state"), "--report", str(report)]
+    peak_kb = 0
+    with open(tmp_path / "output.txt", "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None:
+        peak_kb = max(peak_kb, _high_water_kb(proc.pid))
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("backfill run --dry-run did not finish in 240 s")
+        time.sleep(0.02)
+    return proc.returncode, peak_kb / 1024, json.loads(report.read_text())
+
+
+def _high_water_kb(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # exited meanwhile
+        return 0
+    for row in status.splitlines():
+        if row.startswith("VmHWM:"):
+            return int(row.split()[1])
+    return 0  # a zombie: its memory is gone
+
+
+def test_gzip_bomb_of_zeros_is_one_dead_letter_in_bounded_memory(tmp_path: Path) -> None:
+    """500 MB of zeros, no newline, in a 2 MB gzip: inflated piece by piece and discarded."""
+    bomb = gzip_of(tmp_path / "zeros.jsonl.gz", b"\0" * MB, 500)
+    assert bomb.stat().st_size < 3 * MB
+    code, peak_mb, report = dry_run(tmp_path, bomb)
+    # an input that is entirely invalid ends with exit 3 and a hint (its only line is the bomb)
+    assert code == 3, (tmp_path / "output.txt").read_text()
+    assert "the only record read is invalid" in report["error"]
+    assert peak_mb < RSS_LIMIT_MB
+    assert (report["records_read"], report["records_invalid"], report["warnings"]) == (1, 1, [])
+    [entry] = dead_letters(tmp_path / "state" / "dry-run" / "dead-letter.jsonl")
+    assert entry["line"] == 1
+    assert entry["reason"] == f"line longer than {MB} bytes (--max-line-bytes)"
+    assert entry["record"] == "\0" * PREVIEW
+
+
+def test_gzip_bomb_of_repeated_records_delivers_each_in_bounded_memory(tmp_path: Path) -> None:
+    """200 MB of one valid line repeated, in a 0.7 MB gzip: every record is read and valid."""
+    lines = 200 * MB // len(REPEATED) // 10_000 * 10_000
+    bomb = gzip_of(tmp_path / "same.jsonl.gz", REPEATED * 10_000, lines // 10_000, level=9)
+    assert bomb.stat().st_size < MB
+    code, peak_mb, report = dry_run(tmp_path, bomb)
+    assert code == 0, (tmp_path / "output.txt").read_text()
+    assert peak_mb < RSS_LIMIT_MB
+    assert (report["records_read"], report["records_valid"]) == (lines, lines)
+    assert (report["records_invalid"], report["warnings"]) == (0, [])
+
+
+FAULTY_RECORDS = 30_000
+
+
+@pytest.fixture
+def faulty_disk(tmp_path: Path) -> Iterator[FaultFS]:
+    """5 MB of records on a FUSE mount whose bytes [2.5 MiB, 3 MiB) fail with EIO."""
+    records = b"".join(line(interaction(i)) + b"\n" for i in range(FAULTY_RECORDS))
+    fs = FaultFS(tmp_path / "mnt", "day.jsonl", records, (5 * MB // 2, 3 * MB))
+    try:
+        fs.mount()
+    except FaultFSUnavailable as exc:
+        pytest.skip(f"a real read error needs FUSE: {exc}")
+    try:
+        yield fs
+    finally:
+        fs.unmount()
+
+
+async def test_a_read_error_mid_file_stops_the_run_and_the_resume_loads_the_rest(
+    tmp_path: Path, server: RunningServer, faulty_disk: FaultFS
+) -> None:
+    source = str(faulty_disk.path)
+    first = await run_engine(tmp_path, server.url, server.secret_key, [source])
+    assert first["exit_code"] == 3 and faulty_disk.failed_reads >= 1
+    assert first["error"] == f"cannot read {source}: Input/output error"
+    before = numbers(server.records("interactions"))
+    bad_band_starts = faulty_disk.data[: faulty_disk.bad_from].count(b"\n")
+    assert len(set(before)) == len(before) and all(n < bad_band_starts for n in before)
+    faulty_disk.broken = False  # the disk is back
+    second = await run_engine(tmp_path, server.url, server.secret_key, [source])
+    assert second["exit_code"] == 0
+    assert sorted(numbers(server.records("interactions"))) == list(range(FAULTY_RECORDS))
