@@ -17,36 +17,7 @@ import pytest
 
 from backfill.concurrency import AdaptiveLimit, ConcurrencyLimit, FixedLimit
 from backfill.errors import UsageError
-
-
-class FakeTime:
-    """A clock the test moves; `sleep` returns once the clock has passed its deadline."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self.now + seconds, future))
-        await future
-
-    async def advance(self, seconds: float) -> None:
-        self.now += seconds
-        for deadline, future in list(self._sleepers):
-            if deadline <= self.now:
-                self._sleepers.remove((deadline, future))
-                if not future.done():
-                    future.set_result(None)
-        await settle()
-
-
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
+from tests.fake_time import FakeTime, settle
 
 
 def adaptive(time: FakeTime, initial: int, maximum: int = 50, **kwargs: Any) -> AdaptiveLimit:
