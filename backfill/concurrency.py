@@ -6,7 +6,10 @@ Request Concurrency. Time is cut into windows one mean round trip long; at the e
 - +1 if the limit was reached during the window (there is evidence more would be used), no
   attempt met back-pressure, and the window's mean RTT is not above the moving average;
 - x decrease_ratio on back-pressure (429, 5xx except 501, timeouts) or when the window's RTT
-  is beyond the moving average by more than `rtt_deviation_scale` standard deviations.
+  is beyond the moving average by more than `rtt_deviation_scale` standard deviations *and*
+  by more than `rtt_tolerance` of it (5%). Without the second condition, a server with very
+  steady latency has a tiny deviation, and ordinary jitter (measured against the embedded
+  server: 0.204-0.212 s around 0.2 s) keeps cutting the limit below what the server takes.
 
 Only successful attempts feed the RTT average (a 429 answered in 1 ms says nothing about how
 long work takes). The three complaints Vector's users raised are designed out here:
@@ -175,11 +178,13 @@ class MeanVariance:
 class Window:
     """What one window saw: successful RTTs, back-pressure, and whether the limit was reached."""
 
-    def __init__(self) -> None:
+    def __init__(self, change: int = 0) -> None:
         self.rtt_sum = 0.0
         self.rtt_count = 0
         self.backpressure = False
         self.reached = False
+        # the change of limit that opened it (+1, -1, 0): its requests began half before it
+        self.change = change
 
     def mean(self) -> float | None:
         return self.rtt_sum / self.rtt_count if self.rtt_count else None
@@ -196,6 +201,7 @@ class AdaptiveLimit(ConcurrencyLimit):
         decrease_ratio: float = 0.9,
         ewma_alpha: float = 0.4,
         rtt_deviation_scale: float = 2.5,
+        rtt_tolerance: float = 0.05,
         probe_hold: float = 1.0,
         max_probe_hold: float = 60.0,
         pause_cost: float = 10.0,
@@ -208,6 +214,7 @@ class AdaptiveLimit(ConcurrencyLimit):
         self.decrease_ratio = decrease_ratio
         self.ewma_alpha = ewma_alpha
         self.rtt_deviation_scale = rtt_deviation_scale
+        self.rtt_tolerance = rtt_tolerance
         self.probe_hold = probe_hold
         self.max_probe_hold = max_probe_hold
         self.pause_cost = pause_cost
@@ -256,6 +263,7 @@ class AdaptiveLimit(ConcurrencyLimit):
         window, current = self._window, self._window.mean()
         if current is None and not window.backpressure:
             return  # nothing learned yet: the window stays open
+        before = self._limit
         if self._past is None:
             if current is None:
                 self._decrease(now)
@@ -266,18 +274,20 @@ class AdaptiveLimit(ConcurrencyLimit):
             if current is not None:
                 self._past.update(current)
         self._next_update = now + (self._past.mean if self._past else FIRST_WINDOW)
-        self._window = Window()
+        self._window = Window(change=(self._limit > before) - (self._limit < before))
 
     def _adjust(self, now: float, past: MeanVariance, current: float | None) -> None:
         window = self._window
         noise = past.mean * RTT_NOISE
         deviation = self.rtt_deviation_scale * math.sqrt(past.variance)
-        if window.backpressure or (
-            current is not None and current > past.mean + max(deviation, noise)
-        ):
+        slower = max(deviation, past.mean * self.rtt_tolerance)
+        slow = current is not None and current > past.mean + slower and window.change >= 0
+        if window.backpressure or slow:  # not slow if still draining what the last cut cut
             self._decrease(now)
         elif window.reached and current is not None and current <= past.mean + noise:
-            self._probed(window)
+            if self._at_ceiling() and window.change > 0:
+                return  # judge the probe on a window of requests that all began at this limit
+            self._probed()
             if self._limit < self.maximum and self._may_grow(now):
                 self._limit += 1
                 self._hand_over()
@@ -293,9 +303,12 @@ class AdaptiveLimit(ConcurrencyLimit):
         self._ceiling = before
         self._probe_after = max(self._probe_after, now + self._hold)
 
-    def _probed(self, window: Window) -> None:
+    def _at_ceiling(self) -> bool:
+        return self._ceiling is not None and self._limit >= self._ceiling
+
+    def _probed(self) -> None:
         """A clean, busy window at the ceiling: the level is fine now, forget it."""
-        if self._ceiling is not None and self._limit >= self._ceiling:
+        if self._at_ceiling():
             self._ceiling = None
             self._hold = self.probe_hold
 

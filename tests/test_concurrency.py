@@ -36,10 +36,12 @@ def busy_round(limit: ConcurrencyLimit, time: FakeTime, rtt: float = 1.0) -> int
     return started
 
 
-def window(limit: ConcurrencyLimit, time: FakeTime, rtt: float | None, bp: bool) -> None:
-    """One request of a window with the given outcome, ending at a window boundary."""
+def window(
+    limit: ConcurrencyLimit, time: FakeTime, rtt: float | None, bp: bool, gap: float = 1.0
+) -> None:
+    """One request of a window with the given outcome, ending `gap` later (past the window)."""
     assert limit.try_acquire()
-    time.now += 1.0
+    time.now += gap
     limit.record(rtt, backpressure=bp)
     limit.release()
 
@@ -91,6 +93,30 @@ def test_a_round_trip_beyond_the_deviation_decreases_and_the_mean_does_not() -> 
     assert limit.limit == 9
 
 
+def test_jitter_within_the_tolerance_is_not_a_slowdown() -> None:
+    time = FakeTime()
+    limit = adaptive(time, initial=10, rtt_tolerance=0.05)
+    for _ in range(3):
+        window(limit, time, 1.0, bp=False)
+    window(limit, time, 1.04, bp=False, gap=2.0)
+    assert limit.limit == 10
+    window(limit, time, 1.1, bp=False, gap=2.0)
+    assert limit.limit == 9
+
+
+def test_a_slow_window_right_after_a_cut_does_not_cut_again() -> None:
+    time = FakeTime()
+    limit = adaptive(time, initial=10)
+    for _ in range(3):
+        window(limit, time, 1.0, bp=False)
+    window(limit, time, 2.0, bp=False, gap=3.0)
+    assert limit.limit == 9
+    window(limit, time, 4.0, bp=False, gap=5.0)  # requests begun under the old limit: slower
+    assert limit.limit == 9
+    window(limit, time, None, bp=True, gap=5.0)  # back-pressure always counts
+    assert limit.limit == 8
+
+
 def test_a_window_with_back_pressure_does_not_grow() -> None:
     time = FakeTime()
     limit = adaptive(time, initial=2)
@@ -111,10 +137,11 @@ def test_probes_the_level_that_hurt_only_after_a_hold() -> None:
     window(limit, time, None, bp=True)
     assert (limit.limit, limit.ceiling) == (6, 7)
     limits = [limit.limit for _ in range(6) if busy_round(limit, time)]
-    # windows end at t=3..8; the decrease was at t=2, so 7 is tried from t=7; that window is
-    # clean, so the ceiling is forgotten and growth goes on
-    assert limits == [6, 6, 6, 6, 7, 8]
-    assert limit.ceiling is None
+    # windows end at t=3..8; the decrease was at t=2, so 7 is tried from t=7
+    assert limits == [6, 6, 6, 6, 7, 7]
+    assert limit.ceiling == 7  # the window that opened at 7 held requests begun at 6
+    busy_round(limit, time)
+    assert (limit.limit, limit.ceiling) == (8, None)  # a clean window at 7: growth goes on
 
 
 def test_a_failed_probe_doubles_the_hold() -> None:
