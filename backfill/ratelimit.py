@@ -12,10 +12,12 @@ than the bucket still goes, it just waits longer, and never early:
 at every instant, whatever the batch sizes; the bucket is small (0.1 s of the rate), so over a
 run of a few seconds or more the cap holds within a few percent, and exactly in the long run.
 (Letting the large batch go on a full bucket and leaving a debt was tried first: it overshoots
-by a whole batch, +5% over 3 s at 50,000/s with 10,000-record batches.) Acquirers are served first come, first served
-(one waits at the head while the rest queue behind it), and `waited` is the time the head
-spent sleeping: the seconds the cap held the run back, never more than the run's wall time
-however many workers queue (the metric "the rate cap's wait").
+by a whole batch, +5% over 3 s at 50,000/s with 10,000-record batches.)
+
+Acquirers are served first come, first served (one waits at the head while the rest queue
+behind it), and `waited` is the time the head spent sleeping: the seconds the cap held the run
+back, never more than the run's wall time however many workers queue (the metric "the rate
+cap's wait").
 
 With `--processes`, each process gets its share (`share`) so the cap is a total for the command.
 """
