@@ -3,9 +3,10 @@
     python -m benchmarks.adaptive [--quick]
 
 (a) A load generator (not the engine yet: the integrator wires it in) sends uploads through a
-    concurrency limit to a server that serves 6 requests at once, 200 ms each, and either
-    answers 429 with `Retry-After: 1` beyond that (reject) or queues (queue). Every attempt is
-    recorded in the limit; a 429 pauses the whole client until its Retry-After. Reported: the
+    concurrency limit to `backfill serve` (a subprocess) that serves 6 requests at once, 200 ms
+    each, and answers 429 with `Retry-After: 1` beyond that (reject) or queues them (queue).
+    Every attempt is recorded in the limit; a 429 pauses the whole client until its
+    Retry-After. The fast case has no capacity and no latency. Reported: the
     achieved rate against the ideal (capacity / service time), the share of 429s, and the
     server's time-weighted mean number of requests held (served plus queued).
 (b) The rate cap (`TokenBucket` on the real clock) with several acquirers: the achieved rate
@@ -19,8 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -29,7 +34,6 @@ import uvloop
 
 from backfill.concurrency import AdaptiveLimit, ConcurrencyLimit, FixedLimit
 from backfill.ratelimit import TokenBucket
-from backfill.server import Capacity, Faults, ServerConfig, start_server
 
 KEY: Final = "bench-secret"
 CAPACITY: Final = 6
@@ -40,6 +44,8 @@ WORKERS: Final = 64  # demand always above any limit tried
 BACKPRESSURE: Final = frozenset({429, 500, 502, 503, 504})
 AUTO_INITIAL: Final = 2
 AUTO_MAX: Final = 64
+SERVER_START: Final = 30.0
+Mode = Literal["reject", "queue", "fast"]
 
 
 @dataclass
@@ -104,44 +110,61 @@ async def _worker(
                 limit.pause_until(time.monotonic() + retry_after)
 
 
+@asynccontextmanager
+async def embedded_server(mode: Mode) -> AsyncIterator[str]:
+    """`backfill serve` in its own process (its CPU is not the client's), null store."""
+    args = ["--store", "null", "--no-validate", "--port", "0"]
+    if mode != "fast":
+        args += ["--capacity", str(CAPACITY), "--over-capacity", mode]
+        args += ["--capacity-retry-after", f"{RETRY_AFTER:g}", "--fault-latency", f"{SERVICE:g}"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "backfill",
+        "serve",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "MISO_API_KEY": KEY},
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), SERVER_START)).decode()
+        if "listening on " not in line:
+            raise RuntimeError(f"the embedded server did not start: {line.strip()!r}")
+        yield line.split("listening on ", 1)[1].split()[0]
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), SERVER_START)
+
+
 async def run_load(
-    mode: Literal["reject", "queue", "fast"],
+    mode: Mode,
     label: str,
     make_limit: Callable[[], ConcurrencyLimit],
     requests: int,
     budget: float,
 ) -> LoadResult:
     """`requests` uploads (or what `budget` seconds allow) through a fresh limit and server."""
-    config = ServerConfig(
-        port=0,
-        store="null",
-        validate=False,
-        secret_key=KEY,
-        faults=Faults(latency="" if mode == "fast" else str(SERVICE)),
-        capacity=Capacity(
-            limit=0 if mode == "fast" else CAPACITY,
-            over_capacity="reject" if mode == "fast" else mode,
-            retry_after=RETRY_AFTER,
-        ),
-    )
-    async with await start_server(config) as server:
-        limit = make_limit()
-        tally = {"attempts": 0, "succeeded": 0, "throttled": 0}
-        jobs = list(range(requests))
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(
-            server.url, headers={"X-API-KEY": KEY}, connector=connector
-        ) as http:
-            started = time.monotonic()
-            workers = [
-                asyncio.ensure_future(_worker(http, limit, jobs, tally)) for _ in range(WORKERS)
-            ]
-            _, pending = await asyncio.wait(workers, timeout=budget)
-            seconds = time.monotonic() - started
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-        stats = server.capacity_stats()
+    limit = make_limit()
+    tally = {"attempts": 0, "succeeded": 0, "throttled": 0}
+    jobs = list(range(requests))
+    async with (
+        embedded_server(mode) as url,
+        aiohttp.ClientSession(
+            url, headers={"X-API-KEY": KEY}, connector=aiohttp.TCPConnector(limit=0)
+        ) as http,
+    ):
+        started = time.monotonic()
+        workers = [asyncio.ensure_future(_worker(http, limit, jobs, tally)) for _ in range(WORKERS)]
+        _, pending = await asyncio.wait(workers, timeout=budget)
+        seconds = time.monotonic() - started
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        async with http.get("/_admin/stats") as response:
+            stats = (await response.json())["capacity"]
     return LoadResult(
         label,
         mode,

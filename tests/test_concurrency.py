@@ -104,6 +104,17 @@ def test_jitter_within_the_tolerance_is_not_a_slowdown() -> None:
     assert limit.limit == 9
 
 
+def test_milliseconds_of_slowdown_against_a_fast_api_are_not_a_slowdown() -> None:
+    time = FakeTime()
+    limit = adaptive(time, initial=10, rtt_floor=0.005)
+    for _ in range(3):
+        window(limit, time, 0.002, bp=False)
+    window(limit, time, 0.006, bp=False)  # 3x slower, but by 4 ms
+    assert limit.limit == 10
+    window(limit, time, 0.02, bp=False)
+    assert limit.limit == 9
+
+
 def test_a_slow_window_right_after_a_cut_does_not_cut_again() -> None:
     time = FakeTime()
     limit = adaptive(time, initial=10)
