@@ -143,7 +143,7 @@ def test_a_window_with_back_pressure_does_not_grow() -> None:
 
 def test_probes_the_level_that_hurt_only_after_a_hold() -> None:
     time = FakeTime()
-    limit = adaptive(time, initial=7, probe_hold=5.0)
+    limit = adaptive(time, initial=7, probe_hold_windows=5.0)
     busy_round(limit, time)
     window(limit, time, None, bp=True)
     assert (limit.limit, limit.ceiling) == (6, 7)
@@ -157,7 +157,7 @@ def test_probes_the_level_that_hurt_only_after_a_hold() -> None:
 
 def test_a_failed_probe_doubles_the_hold() -> None:
     time = FakeTime()
-    limit = adaptive(time, initial=3, probe_hold=2.0)
+    limit = adaptive(time, initial=3, probe_hold_windows=2.0)
     busy_round(limit, time)
     window(limit, time, None, bp=True)  # 3 hurt: hold 2 s
     while limit.limit < 3:
