@@ -54,6 +54,7 @@ Sleep = Callable[[float], Awaitable[None]]
 DEFAULT_MAX: Final = 200
 FIRST_WINDOW: Final = 1.0  # seconds, until a successful attempt tells how long a round trip is
 RTT_NOISE: Final = 1e-3  # relative: below this, two RTT means are equal (float and timer noise)
+MAX_HOLD_WINDOWS: Final = 1e6  # the doubling stops here; `max_probe_hold` caps it in seconds
 
 
 class ConcurrencyLimit:
@@ -304,7 +305,7 @@ class AdaptiveLimit(ConcurrencyLimit):
         before = self._limit
         self._limit = max(1, int(before * self.decrease_ratio))
         if self._ceiling is not None and before <= self._ceiling:
-            self._hold *= 2
+            self._hold = min(self._hold * 2, MAX_HOLD_WINDOWS)
         else:
             self._hold = self.probe_hold_windows
         self._ceiling = before
