@@ -13,11 +13,12 @@ stalls, rejected records) so that the engine's recovery paths run for real.
 why the server binds 127.0.0.1 by default.
 """
 
-from backfill.server.config import Faults, Latency, ServerConfig
+from backfill.server.config import Capacity, Faults, Latency, ServerConfig
 from backfill.server.runner import RunningServer, ServerError, serve_forever, start_server
 from backfill.server.store import StoreError, read_stats
 
 __all__ = [
+    "Capacity",
     "Faults",
     "Latency",
     "RunningServer",

@@ -1,7 +1,8 @@
 """The aiohttp application: Miso's Data API under /v1, the test controls under /_admin.
 
-Every /v1 request passes one gate (`v1_gate`) that applies the request's fault plan, then the
-key check, then the endpoint, and counts the outcome. The endpoints themselves only decode,
+Every /v1 request passes one gate (`v1_gate`) that takes a place under the capacity model
+(capacity.py), applies the request's fault plan, then the key check, then the endpoint, and
+counts the outcome. The endpoints themselves only decode,
 validate (ingest.py) and store (store.py). /_admin needs no key: it is a loopback tool for
 tests and operators, which is why the server binds 127.0.0.1 unless told otherwise.
 """
@@ -22,8 +23,9 @@ from aiohttp import web
 
 from backfill.schema import Kind
 from backfill.server import responses
-from backfill.server.config import Faults, ServerConfig
-from backfill.server.faults import FaultHeaderError, FaultInjector
+from backfill.server.capacity import CapacityGate
+from backfill.server.config import Capacity, Faults, ServerConfig
+from backfill.server.faults import THROTTLE_STATUS, FaultHeaderError, FaultInjector
 from backfill.server.ingest import (
     AttributeTypes,
     EntityBatch,
@@ -88,6 +90,7 @@ class ServerState:
         self.store = store
         self.counters = counters
         self.injector = FaultInjector(config.faults)
+        self.capacity = CapacityGate(config.capacity)
         self.tasks = {kind: TaskBook() for kind in ENTITY_KINDS}
         self.attributes = {k: AttributeTypes(store.attribute_types(k)) for k in ENTITY_KINDS}
         self._commits: set[asyncio.Task[None]] = set()
@@ -110,12 +113,14 @@ class ServerState:
             await asyncio.wait(self._commits)
 
     async def stats(self) -> dict[str, Any]:
+        """What the store keeps (what `serve-stats` reads back); /_admin/stats adds capacity."""
         return stats_document(await self.store.counts(), self.counters)
 
     async def reset(self) -> None:
         await self.drain()
         await self.store.reset()
         self.counters = Counters()
+        self.capacity.reset_stats()
         self.injector = FaultInjector(self.injector.faults)
         self.tasks = {kind: TaskBook() for kind in ENTITY_KINDS}
         self.attributes = {kind: AttributeTypes({}) for kind in ENTITY_KINDS}
@@ -145,6 +150,8 @@ def build_app(state: ServerState) -> web.Application:
     app.router.add_get("/_admin/records", admin_records)
     app.router.add_get("/_admin/faults", admin_get_faults)
     app.router.add_post("/_admin/faults", admin_set_faults)
+    app.router.add_get("/_admin/capacity", admin_get_capacity)
+    app.router.add_post("/_admin/capacity", admin_set_capacity)
     app.router.add_post("/_admin/reset", admin_reset)
     return app
 
@@ -182,6 +189,10 @@ async def v1_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _through_gate(
     state: ServerState, request: web.Request, handler: Handler
 ) -> web.StreamResponse:
+    gate = state.capacity
+    if not await gate.enter():
+        await request.read()  # an unread body would make the close send RST
+        return responses.error_response(THROTTLE_STATUS, gate.capacity.retry_after)
     try:
         return await _apply_plan(state, request, handler)
     except web.HTTPException as exc:  # no such route, method not allowed, over aiohttp's cap
@@ -193,6 +204,8 @@ async def _through_gate(
     except StoreError:
         log.exception("store failure while serving %s %s", request.method, request.path)
         return responses.error_response(500)
+    finally:
+        gate.leave()
 
 
 async def _apply_plan(
@@ -385,7 +398,8 @@ async def task_status(request: web.Request, kind: EntityKind) -> web.StreamRespo
 
 
 async def admin_stats(request: web.Request) -> web.StreamResponse:
-    return responses.json_response(await request.app[STATE].stats())
+    state = request.app[STATE]
+    return responses.json_response({**await state.stats(), "capacity": state.capacity.stats()})
 
 
 async def admin_records(request: web.Request) -> web.StreamResponse:
@@ -427,3 +441,21 @@ async def admin_set_faults(request: web.Request) -> web.StreamResponse:
 async def admin_reset(request: web.Request) -> web.StreamResponse:
     await request.app[STATE].reset()
     return responses.json_response({"message": "reset"})
+
+
+async def admin_get_capacity(request: web.Request) -> web.StreamResponse:
+    return responses.json_response(request.app[STATE].capacity.capacity)
+
+
+async def admin_set_capacity(request: web.Request) -> web.StreamResponse:
+    """Changes only the given fields (unlike faults): a test raises the limit in one call."""
+    gate = request.app[STATE].capacity
+    try:
+        changes = msgspec.json.decode(await request.read() or b"{}", type=dict[str, Any])
+        capacity = msgspec.convert(
+            msgspec.structs.asdict(gate.capacity) | changes, Capacity, strict=False
+        )
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        return responses.json_response({"message": f"capacity: {exc}"}, 400)
+    gate.update(capacity)
+    return responses.json_response(capacity)

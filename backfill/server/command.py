@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from backfill.errors import UsageError
-from backfill.server.config import DEFAULT_DB, DEFAULT_PORT, Faults, ServerConfig
+from backfill.server.config import DEFAULT_DB, DEFAULT_PORT, Capacity, Faults, ServerConfig
 from backfill.server.runner import serve_forever
 from backfill.server.store import StoreError, read_stats
 
@@ -80,6 +80,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     serve.add_argument(
         "--publishable-key", default=None, help="the browser key (default: generated)"
     )
+    _add_capacity_flags(serve)
     faults = serve.add_argument_group("fault injection (all off by default)")
     for name in msgspec.structs.fields(Faults):
         faults.add_argument(
@@ -99,6 +100,32 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     )
     stats.add_argument("--db", default=DEFAULT_DB, help=f"SQLite file (default {DEFAULT_DB})")
     stats.set_defaults(func=run_serve_stats)
+
+
+def _add_capacity_flags(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "capacity model (service time: --fault-latency; change live: POST /_admin/capacity)"
+    )
+    group.add_argument(
+        "--capacity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve at most N requests at once (default 0: no limit)",
+    )
+    group.add_argument(
+        "--over-capacity",
+        choices=("reject", "queue"),
+        default="reject",
+        help="beyond N: answer 429 with Retry-After, or queue (latency grows) (default reject)",
+    )
+    group.add_argument(
+        "--capacity-retry-after",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="Retry-After of the capacity 429s (default 1)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> ServerConfig:
@@ -122,6 +149,11 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
             publishable_key=args.publishable_key,
             validate=not args.no_validate,
             faults=faults,
+            capacity=Capacity(
+                limit=args.capacity,
+                over_capacity=args.over_capacity,
+                retry_after=args.capacity_retry_after,
+            ),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -109,6 +109,27 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
                 raise ValueError(f"fault {name} is not a valid regular expression: {exc}") from None
 
 
+OverCapacity = Literal["reject", "queue"]
+
+
+class Capacity(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """How many /v1 requests the server serves at once, and what happens to the rest.
+
+    Not a fault: a real service has a capacity, and an adaptive client is judged against it.
+    The service time of each request is the latency fault, spent while holding a place.
+    """
+
+    limit: int = 0  # requests served at once; 0 = unlimited
+    over_capacity: OverCapacity = "reject"  # 429 with Retry-After, or wait in a FIFO queue
+    retry_after: float = 1.0  # seconds, sent on the capacity 429s
+
+    def __post_init__(self) -> None:
+        if self.limit < 0:
+            raise ValueError(f"capacity must not be negative (0 = unlimited), got {self.limit}")
+        if not (math.isfinite(self.retry_after) and self.retry_after >= 0):
+            raise ValueError("capacity retry_after must be a non-negative number of seconds")
+
+
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How `backfill serve` runs. Keys left None are generated at start and printed once."""
 
@@ -120,6 +141,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     publishable_key: str | None = None
     validate: bool = True  # False skips schema checks (benchmarks: the server must cost little)
     faults: Faults = msgspec.field(default_factory=Faults)
+    capacity: Capacity = msgspec.field(default_factory=Capacity)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -134,7 +156,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """Never shows a key: configs end up in logs and test failure output."""
         return (
             f"ServerConfig(host={self.host!r}, port={self.port}, store={self.store!r}, "
-            f"db={self.db!r}, validate={self.validate}, faults={self.faults!r})"
+            f"db={self.db!r}, validate={self.validate}, faults={self.faults!r}, "
+            f"capacity={self.capacity!r})"
         )
 
     @property

@@ -14,7 +14,7 @@ from aiohttp import web
 from backfill.errors import UsageError
 from backfill.schema import Kind
 from backfill.server.app import STATE, Keys, ServerState, build_app
-from backfill.server.config import Faults, ServerConfig
+from backfill.server.config import Capacity, Faults, ServerConfig
 from backfill.server.store import Counters, StoreError, make_store
 
 SHUTDOWN_GRACE: Final = 5.0  # seconds in-flight requests get to finish on a stop
@@ -50,6 +50,10 @@ class RunningServer:
     async def stats(self) -> dict[str, Any]:
         return await self._state.stats()
 
+    def capacity_stats(self) -> dict[str, Any]:
+        """The capacity model's counters, as under "capacity" in GET /_admin/stats."""
+        return self._state.capacity.stats()
+
     def records(self, kind: Kind) -> list[bytes]:
         """Stored records in arrival order (memory and sqlite stores)."""
         return self._state.store.records(kind)
@@ -57,6 +61,10 @@ class RunningServer:
     def set_faults(self, faults: Faults) -> None:
         """Replaces every fault at once (also restarts the fail_first budget and the seed)."""
         self._state.set_faults(faults)
+
+    def set_capacity(self, capacity: Capacity) -> None:
+        """Applies at once: a raised limit admits queued requests, a lowered one serves out."""
+        self._state.capacity.update(capacity)
 
     async def reset(self) -> None:
         await self._state.reset()
