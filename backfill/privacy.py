@@ -20,7 +20,7 @@ import os
 import re
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from itertools import accumulate
@@ -112,7 +112,9 @@ class HashKey:
     __str__ = __repr__
 
 
-def load_hash_key(settings: PrivacySettings, environ: dict[str, str] | None = None) -> HashKey | None:
+def load_hash_key(
+    settings: PrivacySettings, environ: dict[str, str] | None = None
+) -> HashKey | None:
     """The key (file first, then the environment); None when no id is to be hashed.
 
     Hashing asked for and no key is a usage error before anything is sent: sending the raw
@@ -182,7 +184,10 @@ def truncate_ip(text: str) -> str:
 _SEP = r"(?:[ \-+]|%20)"
 _EMAIL = r"[A-Za-z0-9._%+\-]+(?:@|%40)[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
 # cards as people write them: one run, 4-4-4-x, or 4-6-5 (American Express)
-_CARD = rf"(?:\d{{13,19}}|\d{{4}}(?:{_SEP}\d{{4}}){{2}}{_SEP}\d{{1,7}}|\d{{4}}{_SEP}\d{{6}}{_SEP}\d{{4,5}})"
+_CARD = (
+    rf"(?:\d{{13,19}}|\d{{4}}(?:{_SEP}\d{{4}}){{2}}{_SEP}\d{{1,7}}"
+    rf"|\d{{4}}{_SEP}\d{{6}}{_SEP}\d{{4,5}})"
+)
 _PLUS = r"(?:\+|%2[Bb])\d(?:(?:[ .\-()]|%20|%28|%29){0,2}\d){6,14}"
 _NANP = rf"(?:(?:\(|%28)\d{{3}}(?:\)|%29){_SEP}?|\d{{3}}(?:{_SEP}|\.))\d{{3}}(?:{_SEP}|\.)\d{{4}}"
 _NATIONAL = rf"0(?:\d{{2,4}}{_SEP}\d{{6,8}}|\d{{1,4}}{_SEP}\d{{3,4}}{_SEP}\d{{4}})"
@@ -317,7 +322,9 @@ class KeyRewriter:
     `{`, `,` or a space): text inside a string value cannot hold an unescaped quote.
     """
 
-    def __init__(self, names: list[str], rewrite: Callable[[bytes, bytes], bytes | None]) -> None:
+    def __init__(
+        self, names: Sequence[str], rewrite: Callable[[bytes, bytes], bytes | None]
+    ) -> None:
         self.names = [n.encode() for n in names]
         self.rewrite = rewrite  # (name, raw string content) -> new content or None
         self._cache: dict[bytes, bytes | None] = {}  # values repeat: a user's events, an IP

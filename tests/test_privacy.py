@@ -49,7 +49,9 @@ def transform(
     return PrivacyTransform(settings, HashKey(KEY), kind, operation)
 
 
-def run(t: PrivacyTransform, lines: list[bytes], problems: dict[int, Problem] | None = None) -> Block:
+def run(
+    t: PrivacyTransform, lines: list[bytes], problems: dict[int, Problem] | None = None
+) -> Block:
     block = Block(list(lines), 0, 0, sum(map(len, lines)) + len(lines), dict(problems or {}))
     t.apply(block)
     return block
@@ -76,7 +78,11 @@ def test_ids_are_hashed_for_interactions_in_every_json_spelling() -> None:
     decoded = [json.loads(x) for x in block.lines]
     assert decoded[0]["user_id"] == expected("ana@example.com")
     assert decoded[0]["timestamp"] == "2026-06-01T00:00:00Z"
-    assert decoded[1] == {"type": "search", "anonymous_id": expected("anon-1"), "user_id": expected("bob")}
+    assert decoded[1] == {
+        "type": "search",
+        "anonymous_id": expected("anon-1"),
+        "user_id": expected("bob"),
+    }
     assert decoded[2]["user_id"] == expected("café@x.io")
     assert decoded[2]["anonymous_id"] == expected('a"b')
     assert decoded[3]["user_id"] == expected("ends_id")
@@ -123,7 +129,7 @@ def test_users_and_interactions_hashed_with_the_same_key_join() -> None:
 
 def test_delete_ids_are_hashed_so_they_hit_the_hashed_records(tmp_path: Path) -> None:
     ids = tmp_path / "forget.txt"
-    ids.write_bytes(b"ana@example.com\n{\"user_id\": \"bob\"}\n\n")
+    ids.write_bytes(b'ana@example.com\n{"user_id": "bob"}\n\n')
     for kind in ("users", "interactions"):
         t = build_privacy(ALL_ON, kind, "delete", {"MISO_HASH_KEY": KEY})
         assert t is not None
@@ -157,10 +163,10 @@ def test_missing_key_is_a_usage_error_naming_the_variable() -> None:
 def test_key_file_missing_or_empty_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "hash.key"
     settings = PrivacySettings(hash_ids=["user_id"], hash_key_file=str(path))
-    with pytest.raises(UsageError, match="hash.key"):
+    with pytest.raises(UsageError, match=r"hash\.key"):
         load_hash_key(settings, {"MISO_HASH_KEY": KEY})
     path.write_text("\n")
-    with pytest.raises(UsageError, match="hash.key"):
+    with pytest.raises(UsageError, match=r"hash\.key"):
         load_hash_key(settings, {})
     path.write_text(KEY + "\n")
     key = load_hash_key(settings, {})
@@ -181,7 +187,7 @@ def test_the_key_appears_in_no_repr_or_error() -> None:
 
 
 def test_the_table_is_closed() -> None:
-    with pytest.raises(UsageError, match="privacy.hash_key"):
+    with pytest.raises(UsageError, match=r"privacy\.hash_key"):
         parse_privacy({"hash_key": KEY}, "run.toml")
     with pytest.raises(UsageError, match=r"privacy\.pii"):
         parse_privacy({"pii": "scrub"})
@@ -292,7 +298,7 @@ def test_escaped_json_strings_are_decoded_before_the_scan() -> None:
     assert t.counts.findings == {"email@search.keywords": 1}
 
 
-_PII_ALPHABET = st.sampled_from(list("0123456789 -.+()@%abcxyz_/:=") + ["%20", "%40", "%2B"])
+_PII_ALPHABET = st.sampled_from([*"0123456789 -.+()@%abcxyz_/:=", "%20", "%40", "%2B"])
 
 
 @settings(max_examples=400, deadline=None)
