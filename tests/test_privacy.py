@@ -65,6 +65,9 @@ def test_hash_equals_an_independent_hmac_and_is_lower_hex() -> None:
     assert digest == expected("ana@example.com")
     assert digest == digest.lower() and len(digest) == 64
     assert HashKey("another-key-0123456789").hash("ana@example.com") != digest
+    long_key = "k" * 100  # longer than SHA-256's block: HMAC hashes the key first
+    assert HashKey(long_key).hash("ü") == expected("ü", long_key)
+    assert HashKey("k" * 64).hash("") == expected("", "k" * 64)
 
 
 def test_ids_are_hashed_for_interactions_in_every_json_spelling() -> None:
@@ -100,16 +103,18 @@ def test_text_that_looks_like_a_key_inside_a_string_is_left_alone() -> None:
 
 
 def test_key_rewriter_fast_and_slow_paths_agree() -> None:
-    data = b'{"user_id":"a"}\n{"user_id":"a\\u0041"}\n{"x":"y\\"","user_id":"b"}'
-    seen: list[bytes] = []
-
-    def upper(name: bytes, raw: bytes) -> bytes:
-        seen.append(name)
+    def upper(raw: bytes) -> bytes:
         return raw.upper()
 
-    out, n = KeyRewriter(["user_id"], upper)(data)
-    assert out == b'{"user_id":"A"}\n{"user_id":"A\\U0041"}\n{"x":"y\\"","user_id":"B"}'
-    assert n == 3 and set(seen) == {b"user_id"}
+    plain = b'{"user_id":"a","x":"user_id"}\n{"user_id":"b"}\n{"user_id": "c"}'
+    escaped = plain + b'\n{"user_id":"d\\u0041"}'  # a backslash: the regex takes over
+    broken = b'{"user_id":"e\n{"user_id":"f"}'  # an unterminated value must not eat a line
+    rewrite = KeyRewriter(["user_id"], upper)
+    assert rewrite(b'{"user_id":"a"}\n{"user_id":"b"}') == (b'{"user_id":"A"}\n{"user_id":"B"}', 2)
+    expected_plain = b'{"user_id":"A","x":"user_id"}\n{"user_id":"B"}\n{"user_id":"C"}'
+    assert rewrite(plain) == (expected_plain, 3)
+    assert rewrite(escaped) == (expected_plain + b'\n{"user_id":"D\\U0041"}', 4)
+    assert rewrite(broken) == (b'{"user_id":"e\n{"user_id":"F"}', 1)
 
 
 def test_users_hash_user_id_and_products_are_untouched() -> None:

@@ -144,15 +144,16 @@ def write_day(
         traffic.set_rate(count)
         first = len(buf)
         buf += traffic.lines(heads[minute], minute_offsets(count, time_rng))
-        broken = set()
+        broken: set[int] = set()
         for index in defects.positions(first, len(buf)):
             buf[index], kind = defects.apply(buf[index])
             found.append((done + index + 1, kind))
             broken.add(index)
-        for index in pii.positions(first, len(buf)) if pii else ():
-            if index not in broken:
-                buf[index], tag = pii.apply(buf[index])
-                leaked.append((done + index + 1, tag))
+        if pii is not None:
+            for index in pii.positions(first, len(buf)):
+                if index not in broken:
+                    buf[index], tag = pii.apply(buf[index])
+                    leaked.append((done + index + 1, tag))
     if truncate_last and buf:
         if found and found[-1][0] == records:
             found.pop()
@@ -236,7 +237,8 @@ def _interaction_files(
     per_day = allocate(config.records, day_weights(config.start, config.days, time_rng), time_rng)
     plan = FilePlan.choose(config, per_day, defect_rng)
     stream = DefectStream(config.bad_fraction, defect_rng)
-    pii = PiiStream(config.pii_rate, random.Random(f"{config.seed}/pii")) if config.pii_rate else None
+    pii_rng = random.Random(f"{config.seed}/pii")
+    pii = PiiStream(config.pii_rate, pii_rng) if config.pii_rate else None
     for i, records in enumerate(per_day):
         day = config.start + timedelta(days=i)
         name = f"interactions-{day.isoformat()}.{config.format}"
