@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from itertools import accumulate
-from operator import is_not, methodcaller
+from operator import ne
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -337,79 +337,39 @@ class KeyRewriter:
     """Rewrites the string value of the keys `names` wherever they appear in JSON text,
     without decoding it.
 
-    The fast path splits the bytes on `"name"` and takes each value up to its closing quote;
-    anything unusual (an escape, a value that is not a string) sends the text through the
-    equivalent regex. A key counts only when the quote before its name is structural (after
-    `{`, `,` or a space): text inside a string value cannot hold an unescaped quote.
+    One regex per name, beginning with the literal `"name"` (so it scans at C speed), splits
+    the text into [text, `"name":"`, value, text, ...]; the values are replaced in one slice
+    assignment from a cache, so Python runs only for a value not seen before. The quote
+    before `name` cannot be inside a string value (it would be escaped there, and an escaped
+    quote is not followed by a name and then a structural quote and a colon), so a match is
+    a key; an escaped quote inside the value is kept whole by the value pattern.
     """
 
     def __init__(self, names: Sequence[str], rewrite: Callable[[bytes], bytes | None]) -> None:
         self.names = [n.encode() for n in names]
         self.rewrite = rewrite  # raw string content -> new content, None to keep it
         self._cache = _Rewritten(self._rewrite_new)  # values repeat: a user's events, an IP
-        self._regex = {
-            n: re.compile(rb'"(%s)"[ \t\r]*:[ \t\r]*"((?:[^"\\\n]|\\.)*)"' % re.escape(n))
+        self._split = [
+            re.compile(rb'("%s"[ \t\r]*:[ \t\r]*")((?:[^"\\\n]|\\.)*)(?=")' % re.escape(n))
             for n in self.names
-        }
+        ]
 
     def __call__(self, data: bytes) -> tuple[bytes, int]:
         changed = 0
-        for name in self.names:
-            data, n = self._one(data, name)
-            changed += n
+        for pattern in self._split:
+            pieces = pattern.split(data)
+            if len(pieces) == 1:
+                continue
+            values = pieces[2::3]
+            news = list(map(self._cache.__getitem__, values))
+            changed += sum(map(ne, news, values))
+            pieces[2::3] = news
+            data = b"".join(pieces)
         return data, changed
 
-    def _one(self, data: bytes, name: bytes) -> tuple[bytes, int]:
-        """The fast path: without a backslash in the text every quote is structural, so
-        `"name":"` is a key with a string value that ends at the next quote. Every step is
-        a C-level call over all the values at once; Python runs only for a value not seen
-        before (the cache's __missing__)."""
-        key = b'"%s"' % name
-        prefix = key + b':"'
-        parts = data.split(prefix)
-        if len(parts) == 1:
-            return self._slow(data, name) if key in data else (data, 0)
-        if b"\\" in data or data.count(key) != len(parts) - 1:
-            return self._slow(data, name)
-        raws, quotes, rests = zip(*map(_partition_quote, parts[1:]), strict=True)
-        if b"" in quotes:  # a value without its closing quote: a broken line
-            return self._slow(data, name)
-        try:
-            news = list(map(self._cache.__getitem__, raws))
-        except _Unusual:
-            return self._slow(data, name)
-        changed = sum(map(is_not, news, raws))
-        body = prefix.join([parts[0], *map(b'"'.join, zip(news, rests, strict=True))])
-        return body, changed
-
     def _rewrite_new(self, raw: bytes) -> bytes:
-        if b"\n" in raw:  # an unterminated string: the line is broken, leave it to the regex
-            raise _Unusual
         new = self.rewrite(raw)
         return raw if new is None else new
-
-    def _slow(self, data: bytes, name: bytes) -> tuple[bytes, int]:
-        changed = 0
-
-        def replace(found: re.Match[bytes]) -> bytes:
-            nonlocal changed
-            start = found.start()
-            if data[start - 1 : start] not in _KEY_BEFORE:
-                return found[0]
-            try:
-                new = self._cache[found[2]]
-            except _Unusual:
-                return found[0]
-            if new == found[2]:
-                return found[0]
-            changed += 1
-            return b'"%s":"%s"' % (found[1], new)
-
-        return self._regex[name].sub(replace, data), changed
-
-
-class _Unusual(Exception):
-    """The fast path met text it does not handle; the regex takes over."""
 
 
 class _Rewritten(dict[bytes, bytes]):
@@ -426,10 +386,18 @@ class _Rewritten(dict[bytes, bytes]):
         return new
 
 
-_partition_quote: Final = methodcaller("partition", b'"')
-_KEY_BEFORE: Final = frozenset((b"{", b",", b" ", b"\t", b"\r", b"\n"))
 _decode: Final = msgspec.json.decode
 _encode: Final = msgspec.json.encode
+
+
+def _freeze(block: Block) -> None:
+    """Block.freeze_lengths, with the lengths taken in one C-level pass (the hot path)."""
+    if block.raw_lengths is None:
+        lengths = list(map(len, block.lines))
+        for index, problem in block.problems.items():
+            lengths[index - block.first] = problem.length
+        block.raw_lengths = lengths
+    block.freeze_lengths()
 
 
 def build_privacy(
@@ -493,7 +461,7 @@ class PrivacyTransform:
             lines = rewritten.split(b"\n")
             if len(lines) != len(block.lines):  # replacements are hex digests and IPs
                 raise RuntimeError("privacy: a rewrite changed the number of lines")
-            block.freeze_lengths()
+            _freeze(block)
             block.lines = lines
         for slot in slots:
             self._scan(block, slot)

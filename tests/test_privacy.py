@@ -102,16 +102,16 @@ def test_text_that_looks_like_a_key_inside_a_string_is_left_alone() -> None:
     assert block.lines[1] == tricky  # no string id to hash; an empty id stays empty
 
 
-def test_key_rewriter_fast_and_slow_paths_agree() -> None:
+def test_key_rewriter_keeps_spacing_escapes_and_broken_lines() -> None:
     def upper(raw: bytes) -> bytes:
         return raw.upper()
 
     plain = b'{"user_id":"a","x":"user_id"}\n{"user_id":"b"}\n{"user_id": "c"}'
-    escaped = plain + b'\n{"user_id":"d\\u0041"}'  # a backslash: the regex takes over
+    escaped = plain + b'\n{"user_id":"d\\u0041"}'  # the raw value (escapes and all)
     broken = b'{"user_id":"e\n{"user_id":"f"}'  # an unterminated value must not eat a line
     rewrite = KeyRewriter(["user_id"], upper)
     assert rewrite(b'{"user_id":"a"}\n{"user_id":"b"}') == (b'{"user_id":"A"}\n{"user_id":"B"}', 2)
-    expected_plain = b'{"user_id":"A","x":"user_id"}\n{"user_id":"B"}\n{"user_id":"C"}'
+    expected_plain = b'{"user_id":"A","x":"user_id"}\n{"user_id":"B"}\n{"user_id": "C"}'
     assert rewrite(plain) == (expected_plain, 3)
     assert rewrite(escaped) == (expected_plain + b'\n{"user_id":"D\\U0041"}', 4)
     assert rewrite(broken) == (b'{"user_id":"e\n{"user_id":"F"}', 1)
