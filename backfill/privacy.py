@@ -17,12 +17,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from bisect import bisect_right
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
-from itertools import accumulate
 from operator import ne
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -455,7 +453,7 @@ class PrivacyTransform:
         if block.problems and (self._ids is not None or self.pii in ("redact", "dead-letter")):
             self._clean_problems(block)
         joined = b"\n".join(block.lines)
-        slots = self._candidates(block.lines, joined) if self.pii != "off" else []
+        slots = self._candidates(joined) if self.pii != "off" else []
         rewritten = self._rewrite(joined)
         if rewritten is not None:
             lines = rewritten.split(b"\n")
@@ -510,13 +508,15 @@ class PrivacyTransform:
     # -- PII ------------------------------------------------------------------------------
 
     @staticmethod
-    def _candidates(lines: list[bytes], joined: bytes) -> list[int]:
+    def _candidates(joined: bytes) -> list[int]:
         """Slots of the lines where the bytes pre-filter matches (a superset of PII)."""
-        hits = candidate_offsets(joined)
-        if not hits:
-            return []
-        starts = list(accumulate((len(line) + 1 for line in lines), initial=0))
-        return sorted({bisect_right(starts, pos) - 1 for pos in hits})
+        slots: set[int] = set()
+        line = previous = 0
+        for pos in sorted(candidate_offsets(joined)):
+            line += joined.count(b"\n", previous, pos)
+            previous = pos
+            slots.add(line)
+        return sorted(slots)
 
     def _scan(self, block: Block, slot: int) -> None:
         raw = block.lines[slot]
