@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backfill.errors import EXIT_USAGE, UsageError
+from backfill.generate import GenerateConfig, generate
 from backfill.privacy import (
     HashKey,
     KeyRewriter,
@@ -32,6 +33,7 @@ from backfill.privacy import (
 from backfill.schema import RecordValidator, Rules
 from backfill.sources import Block, Problem, read_blocks
 from backfill.targets import IdLines
+from benchmarks.privacy import compare, compare_engine, table
 from tests.helpers import interaction, line
 
 KEY = "test-hash-key-0123456789abcdef"
@@ -466,3 +468,19 @@ def test_a_real_gzip_file_through_read_blocks_and_the_transform(tmp_path: Path) 
     # offsets still count the bytes as stored
     assert blocks[-1].end_offset(3000) == sum(map(len, raw)) + 3000
     assert all(b"@example.com" not in x and b"4111" not in x for x in lines)
+
+
+def test_the_benchmark_measures_the_step_in_the_reader_and_in_the_engine(tmp_path: Path) -> None:
+    """benchmarks/privacy.py on a small load: both variants read every record, the step
+    really ran (ids hashed, PII found), and the engine splice is still in effect."""
+    generate(GenerateConfig(out=str(tmp_path), records=3000, days=2, pii_rate=0.02, catalog=False))
+    files = sorted(tmp_path.glob("interactions-*.jsonl.gz"))
+    result = compare(files, repeat=1)
+    assert result["plain"]["records"] == result["privacy"]["records"] == 3000
+    assert result["plain"]["valid"] == result["privacy"]["valid"] == 3000
+    counts = result["privacy"]["privacy"]
+    assert counts["ids_hashed"] >= 3000 and sum(counts["pii_findings"].values()) > 30
+    engine = compare_engine(files, tmp_path / "state", repeat=1)
+    assert engine["plain"]["records"] == engine["privacy"]["records"] == 3000
+    result["engine"] = engine
+    assert "with/without privacy" in table(result)
