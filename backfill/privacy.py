@@ -5,11 +5,12 @@ validation, so that whatever is validated, sent, dead-lettered or previewed is a
 
     read_blocks -> [MappingTransform | IdLines] -> PrivacyTransform -> validation, batching
 
-Most records carry no PII, so a block is searched *as bytes* first: ids and IPs are rewritten
-by targeted regex replacements on the joined block (a JSON key is recognised by the structural
-quote before it, which no string value can contain unescaped), and only lines where a cheap
+Most records carry no PII, so a block is searched *as bytes* first: only lines where a cheap
 candidate pattern matches (`@`, `%40`, long digit runs shaped like a phone or a card) are
-decoded, scanned string by string, and encoded again.
+decoded, scanned string by string, and encoded again. Ids and IPs are in nearly every line:
+msgspec decodes just those fields (skipping the rest unbuilt) and the line's bytes get a
+replace of `"user_id":"<value>"`; only a value spelled another way (escapes) costs a full
+decode and encode of its record.
 """
 
 from __future__ import annotations
@@ -388,6 +389,57 @@ _decode: Final = msgspec.json.decode
 _encode: Final = msgspec.json.encode
 
 
+class _Context(msgspec.Struct):
+    truncated_ip: Any = None
+
+
+class _Fields(msgspec.Struct):
+    """The only fields the rewrite needs: msgspec skips the rest of the record unbuilt."""
+
+    user_id: Any = None
+    anonymous_id: Any = None
+    context: _Context | None = None
+
+
+class _Swaps(dict[tuple[str, str], tuple[bytes, bytes, bytes | None]]):
+    """(field, value) -> (`"field":<value as JSON>`, the same with `": "`, the replacement or
+    None to keep it): computed once per value, bounded."""
+
+    def __init__(self, compute: Callable[[str], str]) -> None:
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, key: tuple[str, str]) -> tuple[bytes, bytes, bytes | None]:
+        if len(self) >= CACHE_SIZE:
+            self.clear()
+        name, value = key
+        new = self.compute(value)
+        compact = b'"%s":%s' % (name.encode(), _encode(value))
+        spaced = compact.replace(b":", b": ", 1)
+        found = self[key] = (compact, spaced, None if new == value else _encode_pair(name, new))
+        return found
+
+
+def _encode_pair(name: str, value: str) -> bytes:
+    return b'"%s":%s' % (name.encode(), _encode(value))
+
+
+def _swap(line: bytes, swap: tuple[bytes, bytes, bytes | None]) -> bytes:
+    """The line with `"field":value` replaced; _Unusual when it is spelled another way."""
+    compact, spaced, replacement = swap
+    if replacement is None:
+        return line
+    if compact in line:
+        return line.replace(compact, replacement)
+    if spaced in line:
+        return line.replace(spaced, replacement)
+    raise _Unusual
+
+
+class _Unusual(Exception):
+    """A value spelled with escapes (or otherwise unlike its re-encoding): the regex path."""
+
+
 def _freeze(block: Block) -> None:
     """Block.freeze_lengths, with the lengths taken in one C-level pass (the hot path)."""
     if block.raw_lengths is None:
@@ -435,6 +487,11 @@ class PrivacyTransform:
         self.counts = PrivacyCounts()
         self._ids = KeyRewriter(fields, self._hash_value) if fields and upload else None
         self._ips = KeyRewriter(["truncated_ip"], self._truncate_value)
+        self._decode_fields = msgspec.json.Decoder(_Fields).decode
+        self._id_swaps = _Swaps(key.hash if key is not None else str)
+        self._ip_swaps = _Swaps(truncate_ip)
+        self._hash_user = "user_id" in fields and upload
+        self._hash_anonymous = "anonymous_id" in fields and upload
 
     @property
     def does_something(self) -> bool:
@@ -452,31 +509,74 @@ class PrivacyTransform:
             return
         if block.problems and (self._ids is not None or self.pii in ("redact", "dead-letter")):
             self._clean_problems(block)
-        joined = b"\n".join(block.lines)
-        slots = self._candidates(joined) if self.pii != "off" else []
-        rewritten = self._rewrite(joined)
-        if rewritten is not None:
-            lines = rewritten.split(b"\n")
-            if len(lines) != len(block.lines):  # replacements are hex digests and IPs
-                raise RuntimeError("privacy: a rewrite changed the number of lines")
-            _freeze(block)
-            block.lines = lines
+        slots = self._candidates(b"\n".join(block.lines)) if self.pii != "off" else []
+        if self._ids is not None or self.truncate:
+            self._rewrite(block)
         for slot in slots:
             self._scan(block, slot)
 
     # -- ids and IPs ----------------------------------------------------------------------
 
-    def _rewrite(self, joined: bytes) -> bytes | None:
-        out, changed = joined, 0
+    def _rewrite(self, block: Block) -> None:
+        """Ids and IPs, line by line: one msgspec decode of just those fields, then a bytes
+        replace of `"field":value`; a value spelled another way (escapes) is re-encoded."""
+        _freeze(block)
+        lines, decode, counts = block.lines, self._decode_fields, self.counts
+        hash_user, hash_anonymous, truncate = self._hash_user, self._hash_anonymous, self.truncate
+        ids, ips = self._id_swaps, self._ip_swaps
+        for i, line in enumerate(lines):
+            if not line:
+                continue
+            try:
+                found = decode(line)
+                new, hashed, truncated = line, 0, 0
+                if hash_user and type(value := found.user_id) is str and value:
+                    new, hashed = _swap(new, ids["user_id", value]), 1
+                if hash_anonymous and type(value := found.anonymous_id) is str and value:
+                    new, hashed = _swap(new, ids["anonymous_id", value]), hashed + 1
+                context = found.context
+                if truncate and context is not None and type(context.truncated_ip) is str:
+                    swap = ips["truncated_ip", context.truncated_ip]
+                    new, truncated = _swap(new, swap), swap[2] is not None
+                counts.ids_hashed += hashed
+                counts.ips_truncated += truncated
+            except (msgspec.DecodeError, msgspec.ValidationError, _Unusual):
+                new = self._by_record(line)
+            if new is not line:
+                lines[i] = new
+
+    def _by_record(self, line: bytes) -> bytes:
+        """The whole record decoded, its top-level ids and context IP rewritten, encoded
+        again; a line that is not JSON (a dead letter to be) gets the regex, best effort."""
+        try:
+            record = _decode(line)
+        except msgspec.DecodeError:
+            return self._by_regex(line)
+        if type(record) is not dict:
+            return line
+        changed = 0
+        for name in self.fields:
+            value = record.get(name)
+            if type(value) is str and value:
+                record[name] = self._id_swaps.compute(value)
+                self.counts.ids_hashed += 1
+                changed += 1
+        context = record.get("context")
+        ip = context.get("truncated_ip") if self.truncate and type(context) is dict else None
+        if type(ip) is str and (short := truncate_ip(ip)) != ip:
+            context["truncated_ip"] = short  # type: ignore[index]
+            self.counts.ips_truncated += 1
+            changed += 1
+        return _encode(record) if changed else line
+
+    def _by_regex(self, line: bytes) -> bytes:
         if self._ids is not None:
-            out, n = self._ids(out)
+            line, n = self._ids(line)
             self.counts.ids_hashed += n
-            changed += n
         if self.truncate:
-            out, n = self._ips(out)
+            line, n = self._ips(line)
             self.counts.ips_truncated += n
-            changed += n
-        return out if changed else None
+        return line
 
     def _hash_value(self, raw: bytes) -> bytes | None:
         assert self.key is not None
