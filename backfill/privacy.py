@@ -596,7 +596,7 @@ class PrivacyTransform:
         that were loaded hashed."""
         if self.key is None:
             return
-        block.freeze_lengths()
+        _freeze(block)
         lines = block.lines
         for i, line in enumerate(lines):
             if len(line) >= 2 and line[0] == 34 and line[-1] == 34:  # '"'
@@ -629,14 +629,14 @@ class PrivacyTransform:
             found = [(kind, "(malformed line)") for kind in kinds]
             clean = None
             if kinds and redact:
-                block.freeze_lengths()
+                _freeze(block)
                 block.lines[slot] = text.encode("utf-8", "surrogateescape")
         if not found:
             return
         self.counts.findings.update(f"{kind}@{path}" for kind, path in found)
         if self.pii == "warn" or clean is None:
             return
-        block.freeze_lengths()
+        _freeze(block)
         assert block.raw_lengths is not None
         where = ", ".join(sorted({f"{kind} in {path}" for kind, path in found}))
         in_id = sorted({path for _, path in found if path in ID_PATHS})
