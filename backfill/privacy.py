@@ -45,6 +45,8 @@ ID_PATHS: Final = frozenset(
     {"user_id", "anonymous_id", "product_id", "product_ids[]", "product_group_ids[]"}
 )
 PLACEHOLDER: Final = {"email": "[email]", "phone": "[phone]", "card": "[card]"}
+# the contract's limits: a longer id stays as it is, for the validator to dead-letter as before
+MAX_ID: Final = {"user_id": 512, "anonymous_id": 1024}
 CACHE_SIZE: Final = 1 << 16  # hashed ids remembered (a user's events come in runs)
 
 
@@ -105,13 +107,13 @@ class HashKey:
         outer.update(inner.digest())
         return outer.hexdigest()
 
-    def hash_json(self, raw: bytes) -> bytes | None:
+    def hash_json(self, raw: bytes, limit: int = 512) -> bytes | None:
         """The hash of a JSON string's content (without quotes), None if it is not one."""
         try:
             value = msgspec.json.decode(b'"%s"' % raw, type=str) if b"\\" in raw else raw.decode()
         except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
             return None
-        if not value:  # an empty id stays empty: the validator still sees no identity
+        if not value or len(value) > limit:  # left for the validator (empty, too long)
             return raw
         return self.hash(value).encode()
 
@@ -530,9 +532,10 @@ class PrivacyTransform:
             try:
                 found = decode(line)
                 new, hashed, truncated = line, 0, 0
-                if hash_user and type(value := found.user_id) is str and value:
+                if hash_user and type(value := found.user_id) is str and 0 < len(value) <= 512:
                     new, hashed = _swap(new, ids["user_id", value]), 1
-                if hash_anonymous and type(value := found.anonymous_id) is str and value:
+                value = found.anonymous_id
+                if hash_anonymous and type(value) is str and 0 < len(value) <= 1024:
                     new, hashed = _swap(new, ids["anonymous_id", value]), hashed + 1
                 context = found.context
                 if truncate and context is not None and type(context.truncated_ip) is str:
@@ -540,7 +543,7 @@ class PrivacyTransform:
                     new, truncated = _swap(new, swap), swap[2] is not None
                 counts.ids_hashed += hashed
                 counts.ips_truncated += truncated
-            except (msgspec.DecodeError, msgspec.ValidationError, _Unusual):
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, _Unusual):
                 new = self._by_record(line)
             if new is not line:
                 lines[i] = new
@@ -550,14 +553,14 @@ class PrivacyTransform:
         again; a line that is not JSON (a dead letter to be) gets the regex, best effort."""
         try:
             record = _decode(line)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             return self._by_regex(line)
         if type(record) is not dict:
             return line
         changed = 0
         for name in self.fields:
             value = record.get(name)
-            if type(value) is str and value:
+            if type(value) is str and 0 < len(value) <= MAX_ID[name]:
                 record[name] = self._id_swaps.compute(value)
                 self.counts.ids_hashed += 1
                 changed += 1
@@ -624,7 +627,7 @@ class PrivacyTransform:
         found: list[tuple[str, str]] = []
         try:
             clean = scrub(_decode(raw), "", found, redact)
-        except msgspec.DecodeError:  # the validator dead-letters it; keep PII out of that entry
+        except (msgspec.DecodeError, UnicodeDecodeError):  # a dead letter to be: keep PII out
             text, kinds = redact_text(raw.decode("utf-8", "surrogateescape"))
             found = [(kind, "(malformed line)") for kind in kinds]
             clean = None

@@ -490,3 +490,64 @@ def test_the_benchmark_measures_the_step_in_the_reader_and_in_the_engine(tmp_pat
     assert engine["plain"]["records"] == engine["privacy"]["records"] == 3000
     result["engine"] = engine
     assert "with/without privacy" in table(result)
+
+
+def test_lines_that_are_not_utf8_or_not_json_do_not_stop_the_step() -> None:
+    lines = [
+        b'{"user_id":"\xff\xfe","search":{"keywords":"ana@example.com"}}',
+        b'{"user_id":"ok", "x":"caf\xe9 415-555-2671"}',
+        b"[1, 2, 3]",
+        b'{"user_id": 42, "anonymous_id": "anon-9"}',
+    ]
+    t = transform()
+    block = run(t, lines)
+    assert block.lines[0] == b'{"user_id":"\xff\xfe","search":{"keywords":"[email]"}}'
+    assert block.lines[1] == b'{"user_id":"%s", "x":"caf\xe9 [phone]"}' % expected("ok").encode()
+    assert block.lines[2] == lines[2]
+    assert json.loads(block.lines[3]) == {"user_id": 42, "anonymous_id": expected("anon-9")}
+    assert t.counts.ids_hashed == 2
+
+
+def test_generated_logs_with_defects_and_pii_through_the_whole_table(tmp_path: Path) -> None:
+    """Every kind of broken line the generator makes goes through; what was valid stays
+    valid, what was invalid stays invalid, and no PII is left in what would be sent."""
+    summary = generate(
+        GenerateConfig(
+            out=str(tmp_path),
+            records=4000,
+            days=2,
+            bad_fraction=0.1,
+            pii_rate=0.05,
+            format="jsonl",
+            catalog=False,
+        )
+    )
+    check = RecordValidator("interactions", Rules()).check
+    t = build_privacy(ALL_ON, "interactions", "upload", {"MISO_HASH_KEY": KEY})
+    assert t is not None
+    valid_before = valid_after = 0
+    for f in summary.interaction_files():
+        if not f.records:
+            continue
+        lines = (tmp_path / f.path).read_bytes().split(b"\n")
+        lines = lines[:-1] if lines[-1] == b"" else lines
+        valid_before += sum(check(x) is None for x in lines)
+        block = run(t, lines)
+        sent = [x for x in block.lines if x and check(x) is None]
+        valid_after += len(sent)
+        for x in sent:
+            assert find_pii(x.decode()) == [], x
+    assert (valid_before, valid_after) == (summary.valid, summary.valid)
+    assert sum(t.counts.findings.values()) >= len(summary.pii_lines)
+
+
+def test_ids_over_the_contract_limit_stay_for_the_validator_to_refuse() -> None:
+    long_user, long_anon = "u" * 513, "a" * 1025
+    record = line({**interaction(0), "user_id": long_user})
+    anon = line({**interaction(1, user=""), "anonymous_id": long_anon})
+    block = run(transform(), [record, anon])
+    assert block.lines == [record, anon]
+    check = RecordValidator("interactions", Rules()).check
+    assert check(block.lines[0]) is not None and check(block.lines[1]) is not None
+    ids = run(transform(operation="delete", kind="users"), [b'"%s"' % long_user.encode()])
+    assert ids.lines == [b'"%s"' % long_user.encode()]
