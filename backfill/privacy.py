@@ -392,33 +392,35 @@ _encode: Final = msgspec.json.encode
 
 
 class _Context(msgspec.Struct):
-    truncated_ip: Any = None
+    truncated_ip: str | None = None
 
 
 class _Fields(msgspec.Struct):
-    """The only fields the rewrite needs: msgspec skips the rest of the record unbuilt."""
+    """The only fields the rewrite needs: msgspec skips the rest of the record unbuilt (a
+    value of another type is a ValidationError, and the whole record takes the slow path)."""
 
-    user_id: Any = None
-    anonymous_id: Any = None
+    user_id: str | None = None
+    anonymous_id: str | None = None
     context: _Context | None = None
 
 
-class _Swaps(dict[tuple[str, str], tuple[bytes, bytes, bytes | None]]):
-    """(field, value) -> (`"field":<value as JSON>`, the same with `": "`, the replacement or
-    None to keep it): computed once per value, bounded."""
+class _Swaps(dict[str, tuple[bytes, bytes, bytes | None]]):
+    """value -> (`"field":<value as JSON>`, the same with `": "`, the replacement or None to
+    keep it), for one field: computed once per value, bounded."""
 
-    def __init__(self, compute: Callable[[str], str]) -> None:
+    def __init__(self, name: str, compute: Callable[[str], str]) -> None:
         super().__init__()
+        self.name = name
         self.compute = compute
 
-    def __missing__(self, key: tuple[str, str]) -> tuple[bytes, bytes, bytes | None]:
+    def __missing__(self, value: str) -> tuple[bytes, bytes, bytes | None]:
         if len(self) >= CACHE_SIZE:
             self.clear()
-        name, value = key
+        name = self.name
         new = self.compute(value)
         compact = b'"%s":%s' % (name.encode(), _encode(value))
         spaced = compact.replace(b":", b": ", 1)
-        found = self[key] = (compact, spaced, None if new == value else _encode_pair(name, new))
+        found = self[value] = (compact, spaced, None if new == value else _encode_pair(name, new))
         return found
 
 
@@ -490,8 +492,10 @@ class PrivacyTransform:
         self._ids = KeyRewriter(fields, self._hash_value) if fields and upload else None
         self._ips = KeyRewriter(["truncated_ip"], self._truncate_value)
         self._decode_fields = msgspec.json.Decoder(_Fields).decode
-        self._id_swaps = _Swaps(key.hash if key is not None else str)
-        self._ip_swaps = _Swaps(truncate_ip)
+        pseudonym = key.hash if key is not None else str
+        self._user_swaps = _Swaps("user_id", pseudonym)
+        self._anonymous_swaps = _Swaps("anonymous_id", pseudonym)
+        self._ip_swaps = _Swaps("truncated_ip", truncate_ip)
         self._hash_user = "user_id" in fields and upload
         self._hash_anonymous = "anonymous_id" in fields and upload
 
@@ -523,30 +527,35 @@ class PrivacyTransform:
         """Ids and IPs, line by line: one msgspec decode of just those fields, then a bytes
         replace of `"field":value`; a value spelled another way (escapes) is re-encoded."""
         _freeze(block)
-        lines, decode, counts = block.lines, self._decode_fields, self.counts
+        lines, decode = block.lines, self._decode_fields
         hash_user, hash_anonymous, truncate = self._hash_user, self._hash_anonymous, self.truncate
-        ids, ips = self._id_swaps, self._ip_swaps
+        users, visitors, ips = self._user_swaps, self._anonymous_swaps, self._ip_swaps
+        hashed = truncated = 0
         for i, line in enumerate(lines):
             if not line:
                 continue
             try:
                 found = decode(line)
-                new, hashed, truncated = line, 0, 0
-                if hash_user and type(value := found.user_id) is str and 0 < len(value) <= 512:
-                    new, hashed = _swap(new, ids["user_id", value]), 1
+                new = line
+                value = found.user_id
+                if value and hash_user and len(value) <= 512:
+                    new = _swap(new, users[value])
+                    hashed += 1
                 value = found.anonymous_id
-                if hash_anonymous and type(value) is str and 0 < len(value) <= 1024:
-                    new, hashed = _swap(new, ids["anonymous_id", value]), hashed + 1
+                if value and hash_anonymous and len(value) <= 1024:
+                    new = _swap(new, visitors[value])
+                    hashed += 1
                 context = found.context
-                if truncate and context is not None and type(context.truncated_ip) is str:
-                    swap = ips["truncated_ip", context.truncated_ip]
-                    new, truncated = _swap(new, swap), swap[2] is not None
-                counts.ids_hashed += hashed
-                counts.ips_truncated += truncated
+                if truncate and context is not None and context.truncated_ip is not None:
+                    swap = ips[context.truncated_ip]
+                    new = _swap(new, swap)
+                    truncated += swap[2] is not None
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, _Unusual):
                 new = self._by_record(line)
             if new is not line:
                 lines[i] = new
+        self.counts.ids_hashed += hashed
+        self.counts.ips_truncated += truncated
 
     def _by_record(self, line: bytes) -> bytes:
         """The whole record decoded, its top-level ids and context IP rewritten, encoded
@@ -561,7 +570,7 @@ class PrivacyTransform:
         for name in self.fields:
             value = record.get(name)
             if type(value) is str and 0 < len(value) <= MAX_ID[name]:
-                record[name] = self._id_swaps.compute(value)
+                record[name] = self._user_swaps.compute(value)
                 self.counts.ids_hashed += 1
                 changed += 1
         context = record.get("context")
