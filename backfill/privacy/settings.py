@@ -84,6 +84,11 @@ class HashKey:
             return raw
         return self.hash(value).encode()
 
+    def fingerprint(self) -> str:
+        """Tells two keys apart without revealing either (for the checkpoint's settings: a
+        resumed load with another key would send ids that no longer join)."""
+        return self.hash("backfill: hash key fingerprint")[:16]
+
     def redact(self, text: str) -> str:
         key = self._key.decode()
         return text.replace(key, "***") if key else text
