@@ -32,7 +32,9 @@ from backfill.generate import (
     load_manifest,
 )
 from backfill.generate.seasonality import allocate, day_weights, minute_counts
+from backfill.privacy import PrivacySettings, PrivacyTransform
 from backfill.schema import RecordValidator, Rules
+from backfill.sources import Block
 
 RECORDS = 20_000
 DAYS = 5
@@ -375,3 +377,68 @@ def test_cli_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     args = parser.parse_args(["generate", "--out", str(tmp_path / "a-file"), "--records", "10"])
     assert args.func(args) == 2
     assert "cannot write to" in capsys.readouterr().err
+
+
+# -- personal data (--pii-rate) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def leaky(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return generated(tmp_path_factory.mktemp("pii"), pii_rate=0.03, bad_fraction=0.02)
+
+
+def test_pii_tags_match_what_the_privacy_scan_finds(leaky: Run) -> None:
+    """The manifest counts PII the way the privacy step does: kind@field, line by line."""
+    summary = leaky.summary
+    assert summary.pii_rate == 0.03
+    assert sum(summary.pii.values()) == len(summary.pii_lines) > RECORDS * 0.02
+    assert {tag.split("@")[0] for tag in summary.pii} == {"email", "phone", "card"}
+    tagged = {(path, line): tag for path, line, tag in summary.pii_lines}
+    defects = {(path, line) for path, line, _ in summary.defect_lines}
+    assert not tagged.keys() & defects
+    scan = PrivacyTransform(PrivacySettings(pii="warn"), None, "interactions")
+    found: dict[tuple[str, int], str] = {}
+    for path, lines in leaky.lines.items():
+        for number, text in enumerate(lines, 1):
+            if (path, number) in defects:
+                continue
+            before = dict(scan.counts.findings)
+            scan.apply(Block([text], number - 1, 0, 0))
+            new = {k: v for k, v in scan.counts.findings.items() if v != before.get(k, 0)}
+            if new:
+                assert list(new.values()) == [before.get(*new, 0) + 1], (path, number, new)
+                found[(path, number)] = next(iter(new))
+    assert found == tagged
+    assert dict(scan.counts.findings) == summary.pii
+    files = {f.path: f.pii for f in summary.interaction_files() if f.pii}
+    assert sum(sum(v.values()) for v in files.values()) == len(tagged)
+
+
+def test_pii_lines_stay_valid_and_replace_lines_without_shifting_them(
+    leaky: Run, tmp_path: Path
+) -> None:
+    check = RecordValidator("interactions", STRICT).check
+    for path, line, _ in leaky.summary.pii_lines:
+        assert check(leaky.lines[path][line - 1]) is None, (path, line)
+    same = generated(tmp_path, bad_fraction=0.02)
+    tagged = {(path, line) for path, line, _ in leaky.summary.pii_lines}
+    for path, lines in same.lines.items():
+        # strict=False: where the gzip stream is cut depends on the compressed size
+        for number, (plain, leaked) in enumerate(zip(lines, leaky.lines[path], strict=False), 1):
+            assert (plain == leaked) != ((path, number) in tagged), (path, number)
+    assert same.summary.pii == {} and same.summary.pii_lines == []
+
+
+def test_pii_rate_is_checked_and_reaches_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(GenerateConfigError, match="--pii-rate"):
+        GenerateConfig(out="unused", pii_rate=2.0)
+    parser = argparse.ArgumentParser(prog="backfill")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    argv = ["generate", "--out", str(tmp_path), "--days", "1", "--records", "3000"]
+    args = parser.parse_args([*argv, "--pii-rate", "0.05", "--no-catalog", "--seed", "5"])
+    assert args.func(args) == 0
+    manifest = load_manifest(tmp_path)
+    assert f"{len(manifest.pii_lines):,} with personal data" in capsys.readouterr().out
+    assert 100 <= len(manifest.pii_lines) <= 200

@@ -42,6 +42,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "truncated last line and one cut gzip stream (default 0)",
     )
     p.add_argument(
+        "--pii-rate",
+        type=float,
+        default=0.0,
+        help="share of valid lines given an e-mail address, phone or card number, tagged in "
+        "the manifest (0)",
+    )
+    p.add_argument(
         "--start",
         type=date.fromisoformat,
         default=DEFAULT_START,
@@ -68,6 +75,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             seed=args.seed,
             format=args.format,
             bad_fraction=args.bad_fraction,
+            pii_rate=args.pii_rate,
             start=args.start,
             products=args.products,
             users=args.users,
@@ -86,6 +94,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     written = summary.records + summary.lost_records
     defects = sum(summary.defects.values())
     lost = f", {summary.lost_records:,} beyond a cut gzip stream" if summary.lost_records else ""
+    if summary.pii:
+        lost += f", {sum(summary.pii.values()):,} with personal data"
     print(
         f"wrote {len(summary.files)} files to {config.out}: {written:,} interactions "
         f"({summary.valid:,} valid, {defects:,} defects{lost}), {summary.products:,} products, "

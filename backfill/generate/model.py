@@ -66,6 +66,7 @@ class GenerateConfig(msgspec.Struct, frozen=True, kw_only=True):
     products: int | None = None  # None: scaled from `records`
     users: int | None = None  # None: scaled from `records`
     catalog: bool = True  # also write products and users files
+    pii_rate: float = 0.0  # share of valid lines given an e-mail, phone or card number
 
     def __post_init__(self) -> None:
         if self.days < 1:
@@ -81,6 +82,8 @@ class GenerateConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise GenerateConfigError(
                 f"--bad-fraction must be between 0 and 1 (got {self.bad_fraction})"
             )
+        if not 0.0 <= self.pii_rate <= 1.0:
+            raise GenerateConfigError(f"--pii-rate must be between 0 and 1 (got {self.pii_rate})")
         for flag, value in (("--products", self.products), ("--users", self.users)):
             if value is not None and value < 1:
                 raise GenerateConfigError(f"{flag} must be at least 1 (got {value})")
@@ -118,6 +121,7 @@ class FileSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
     defects: dict[str, int] = msgspec.field(default_factory=dict)
     recoverable_valid: int | None = None
     lost_records: int = 0
+    pii: dict[str, int] = msgspec.field(default_factory=dict)  # "email@search.keywords": n
 
 
 class DefectKind(msgspec.Struct, frozen=True):
@@ -150,6 +154,11 @@ class GenerateSummary(msgspec.Struct, kw_only=True):
     products: int
     users: int
     bytes: int
+    # --pii-rate: lines that carry personal data (still valid records), as [path, line, tag]
+    # with tag "kind@field", the key under which the privacy step counts its findings
+    pii_rate: float = 0.0
+    pii: dict[str, int] = msgspec.field(default_factory=dict)
+    pii_lines: list[tuple[str, int, str]] = msgspec.field(default_factory=list)
 
     def interaction_files(self) -> list[FileSummary]:
         return [f for f in self.files if f.kind == "interactions"]

@@ -31,6 +31,7 @@ from backfill.generate.model import (
     load_manifest,
 )
 from backfill.generate.output import Sink, cut_gzip, write_empty
+from backfill.generate.pii import PiiStream
 from backfill.generate.seasonality import (
     allocate,
     day_weights,
@@ -113,6 +114,7 @@ class FilePlan:
 class DayResult:
     records: int = 0
     defects: list[tuple[int, str]] = field(default_factory=list)  # (1-based line, kind)
+    pii: list[tuple[int, str]] = field(default_factory=list)  # (1-based line, kind@field)
 
 
 def write_day(
@@ -123,10 +125,12 @@ def write_day(
     time_rng: random.Random,
     defects: DefectStream,
     truncate_last: bool,
+    pii: PiiStream | None = None,
 ) -> DayResult:
-    """A day of lines, minute by minute, defects swapped in on the way."""
+    """A day of lines, minute by minute, defects swapped in on the way, then PII mixed into
+    lines that are not defects."""
     result = DayResult(records)
-    found = result.defects
+    found, leaked = result.defects, result.pii
     heads = minute_heads(day)
     buf: list[str] = []
     done = 0  # lines of the day before `buf`
@@ -140,12 +144,21 @@ def write_day(
         traffic.set_rate(count)
         first = len(buf)
         buf += traffic.lines(heads[minute], minute_offsets(count, time_rng))
+        broken: set[int] = set()
         for index in defects.positions(first, len(buf)):
             buf[index], kind = defects.apply(buf[index])
             found.append((done + index + 1, kind))
+            broken.add(index)
+        if pii is not None:
+            for index in pii.positions(first, len(buf)):
+                if index not in broken:
+                    buf[index], tag = pii.apply(buf[index])
+                    leaked.append((done + index + 1, tag))
     if truncate_last and buf:
         if found and found[-1][0] == records:
             found.pop()
+        if leaked and leaked[-1][0] == records:
+            leaked.pop()
         buf[-1] = defects.truncate(buf[-1])
         found.append((records, "truncated_line"))
     sink.write("".join(buf).encode("utf-8", "surrogateescape"))
@@ -188,6 +201,9 @@ def _summarize(
     counts: dict[str, int] = {}
     for _, kind in result.defects:
         counts[kind] = counts.get(kind, 0) + 1
+    pii: dict[str, int] = {}
+    for _, tag in result.pii:
+        pii[tag] = pii.get(tag, 0) + 1
     valid = result.records - sum(n for kind, n in counts.items() if kind not in NOT_A_LINE)
     return FileSummary(
         path=name,
@@ -198,6 +214,7 @@ def _summarize(
         defects=dict(sorted(counts.items())),
         recoverable_valid=valid if cut else None,
         lost_records=lost,
+        pii=dict(sorted(pii.items())),
     )
 
 
@@ -207,33 +224,36 @@ def _cut_stream(path: Path, result: DayResult, rng: random.Random) -> int:
     lost = result.records - readable
     result.records = readable
     result.defects = [d for d in result.defects if d[0] <= readable]
+    result.pii = [d for d in result.pii if d[0] <= readable]
     result.defects.append((readable + 1, "truncated_gzip"))
     return lost
 
 
 def _interaction_files(
     config: GenerateConfig, out: Path, traffic: Traffic, time_rng: random.Random
-) -> Iterator[tuple[FileSummary, list[tuple[int, str]]]]:
+) -> Iterator[tuple[FileSummary, DayResult]]:
     """Each day's file (and the empty file, when planned) with its defects, in date order."""
     defect_rng = random.Random(f"{config.seed}/defects")
     per_day = allocate(config.records, day_weights(config.start, config.days, time_rng), time_rng)
     plan = FilePlan.choose(config, per_day, defect_rng)
     stream = DefectStream(config.bad_fraction, defect_rng)
+    pii_rng = random.Random(f"{config.seed}/pii")
+    pii = PiiStream(config.pii_rate, pii_rng) if config.pii_rate else None
     for i, records in enumerate(per_day):
         day = config.start + timedelta(days=i)
         name = f"interactions-{day.isoformat()}.{config.format}"
         with Sink(out / name, config.format == "jsonl.gz") as sink:
             last = i == plan.truncated_line_day
-            result = write_day(sink, day, records, traffic, time_rng, stream, last)
+            result = write_day(sink, day, records, traffic, time_rng, stream, last, pii)
         cut = i == plan.truncated_gzip_day
         lost = _cut_stream(out / name, result, defect_rng) if cut else 0
         size = (out / name).stat().st_size
-        yield _summarize(name, result, size, lost, cut), result.defects
+        yield _summarize(name, result, size, lost, cut), result
         if i == plan.empty_after_day:
             empty = f"interactions-{day.isoformat()}-empty.{config.format}"
             write_empty(out / empty)
-            found = [(0, "empty_file")]
-            yield _summarize(empty, DayResult(0, found), 0, cut=True), found
+            nothing = DayResult(0, [(0, "empty_file")])
+            yield _summarize(empty, nothing, 0, cut=True), nothing
 
 
 def generate(config: GenerateConfig) -> GenerateSummary:
@@ -248,10 +268,12 @@ def generate(config: GenerateConfig) -> GenerateSummary:
     if config.catalog:
         files += _catalog_files(config, out, catalog, random.Random(f"{seed}/catalog"))
     defect_lines: list[tuple[str, int, str]] = []
-    for summary, found in _interaction_files(config, out, traffic, random.Random(f"{seed}/time")):
+    pii_lines: list[tuple[str, int, str]] = []
+    for summary, day in _interaction_files(config, out, traffic, random.Random(f"{seed}/time")):
         files.append(summary)
-        defect_lines += ((summary.path, line, kind) for line, kind in found)
-    return _finish(config, out, files, defect_lines, catalog)
+        defect_lines += ((summary.path, line, kind) for line, kind in day.defects)
+        pii_lines += ((summary.path, line, tag) for line, tag in day.pii)
+    return _finish(config, out, files, (defect_lines, pii_lines), catalog)
 
 
 def _remove_previous_output(out: Path) -> None:
@@ -270,14 +292,18 @@ def _finish(
     config: GenerateConfig,
     out: Path,
     files: list[FileSummary],
-    defect_lines: list[tuple[str, int, str]],
+    tagged: tuple[list[tuple[str, int, str]], list[tuple[str, int, str]]],
     catalog: Catalog,
 ) -> GenerateSummary:
     interactions = [f for f in files if f.kind == "interactions"]
+    defect_lines, pii_lines = tagged
     totals: dict[str, int] = {}
+    pii: dict[str, int] = {}
     for f in interactions:
         for kind, n in f.defects.items():
             totals[kind] = totals.get(kind, 0) + n
+        for tag, n in f.pii.items():
+            pii[tag] = pii.get(tag, 0) + n
     summary = GenerateSummary(
         seed=config.seed,
         start=config.start,
@@ -294,6 +320,9 @@ def _finish(
         products=len(catalog.ids) if config.catalog else 0,
         users=config.user_count if config.catalog else 0,
         bytes=sum(f.bytes for f in files),
+        pii_rate=config.pii_rate,
+        pii=dict(sorted(pii.items())),
+        pii_lines=pii_lines,
     )
     (out / MANIFEST_NAME).write_bytes(msgspec.json.encode(summary) + b"\n")
     return summary

@@ -1,0 +1,48 @@
+"""The [privacy] table: pseudonymized ids, truncated IPs and PII scrubbing, on the way to the API.
+
+One more BlockTransform, after mapping (lines are Miso JSON records by then) and before
+validation, so that whatever is validated, sent, dead-lettered or previewed is already clean:
+
+    read_blocks -> [MappingTransform | IdLines] -> PrivacyTransform -> validation, batching
+
+Most records carry no PII, so a block is searched *as bytes* first: only lines where a cheap
+candidate pattern matches (`@`, `%40`, long digit runs shaped like a phone or a card) are
+decoded, scanned string by string, and encoded again. Ids and IPs are in nearly every line:
+msgspec decodes just those fields (skipping the rest unbuilt) and the line's bytes get a
+replace of `"user_id":"<value>"`; only a value spelled another way (escapes) costs a full
+decode and encode of its record.
+
+    settings   the [privacy] table, the hash key
+    detect     PII patterns, their bytes pre-filter, redaction, IP truncation
+    rewrite    id and IP values replaced inside JSON lines
+    transform  the BlockTransform and its counts
+"""
+
+from backfill.privacy.detect import (
+    candidate_offsets,
+    find_pii,
+    luhn,
+    redact_text,
+    scrub,
+    truncate_ip,
+)
+from backfill.privacy.rewrite import KeyRewriter
+from backfill.privacy.settings import HashKey, PrivacySettings, load_hash_key, parse_privacy
+from backfill.privacy.transform import PrivacyCounts, PrivacyTransform, build_privacy
+
+__all__ = [
+    "HashKey",
+    "KeyRewriter",
+    "PrivacyCounts",
+    "PrivacySettings",
+    "PrivacyTransform",
+    "build_privacy",
+    "candidate_offsets",
+    "find_pii",
+    "load_hash_key",
+    "luhn",
+    "parse_privacy",
+    "redact_text",
+    "scrub",
+    "truncate_ip",
+]

@@ -1,0 +1,163 @@
+"""What counts as PII and as a full IP address: the patterns, their bytes pre-filter, redaction.
+
+The exact patterns run on decoded strings; the pre-filter (`candidate_offsets`) runs on raw
+bytes and must find every line an exact pattern would (a test checks the superset property).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Final
+
+PLACEHOLDER: Final = {"email": "[email]", "phone": "[phone]", "card": "[card]"}
+
+
+# ---------------------------------------------------------------------------------------------
+# IP truncation.
+# ---------------------------------------------------------------------------------------------
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4: Final = re.compile(rf"({_OCTET}\.{_OCTET}\.{_OCTET})\.{_OCTET}")
+
+
+def truncate_ip(text: str) -> str:
+    """IPv4 to its /24 (a.b.c.0), IPv6 to its /48, an IPv4-mapped IPv6 to the IPv4's /24.
+
+    Anything else is returned unchanged, so the validator dead-letters it as before.
+    """
+    found = _IPV4.fullmatch(text)
+    if found is not None:
+        return f"{found[1]}.0"
+    if ":" not in text:
+        return text
+    try:
+        address = ipaddress.IPv6Address(text.partition("%")[0])
+    except ValueError:
+        return text
+    if address.ipv4_mapped is not None:
+        return truncate_ip(str(address.ipv4_mapped))
+    return str(ipaddress.IPv6Address(int(address) >> 80 << 80))
+
+
+# ---------------------------------------------------------------------------------------------
+# PII detection. The cores are shared by the exact (str) patterns and the bytes pre-filter, so
+# every exact match is also a candidate. Separators include their URL-encoded forms.
+# ---------------------------------------------------------------------------------------------
+
+_SEP = r"(?:[ \-+]|%20)"
+_EMAIL = r"[A-Za-z0-9._%+\-]+(?:@|%40)[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+# cards as people write them: one run, 4-4-4-x, or 4-6-5 (American Express)
+_CARD = (
+    rf"(?:\d{{13,19}}|\d{{4}}(?:{_SEP}\d{{4}}){{2}}{_SEP}\d{{1,7}}"
+    rf"|\d{{4}}{_SEP}\d{{6}}{_SEP}\d{{4,5}})"
+)
+_PLUS = r"(?:\+|%2[Bb])\d(?:(?:[ .\-()]|%20|%28|%29){0,2}\d){6,14}"
+_NANP = rf"(?:(?:\(|%28)\d{{3}}(?:\)|%29){_SEP}?|\d{{3}}(?:{_SEP}|\.))\d{{3}}(?:{_SEP}|\.)\d{{4}}"
+_NATIONAL = rf"0(?:\d{{2,4}}{_SEP}\d{{6,8}}|\d{{1,4}}{_SEP}\d{{3,4}}{_SEP}\d{{4}})"
+# A number glued to letters, a path or a decimal point is an id, a SKU or a price.
+_START = r"(?:(?<=%20)|(?<=%3[ADad])|(?<![A-Za-z0-9_./\-%]))"
+_END = r"(?![A-Za-z0-9_]|[\-./]\d)"
+_EXACT: Final = re.compile(
+    rf"(?P<email>(?<![A-Za-z0-9._%+\-]){_EMAIL}(?![A-Za-z0-9\-]))"
+    rf"|(?P<plus>(?<![A-Za-z0-9_]){_PLUS}{_END})"
+    rf"|(?P<card>{_START}{_CARD}{_END})"
+    rf"|(?P<phone>{_START}(?:{_NANP}|{_NATIONAL}){_END})",
+    re.ASCII,
+)
+# The pre-filter works on a skeleton of the bytes: digits become 0 and the separators 1 (the
+# `%` of %20 too, so "555%202671" reads 000100000). Every exact match above holds `@`, `%40`,
+# `%2B`, a `\u00..` escape, `+digit`, 13 digits in a row, or 3 digits, a separator and 4
+# digits; timestamps, IPs, prices and hex ids hold none of them. One-byte marks are looked
+# for first (memchr), so a block without `\`, `%` or `+` costs a translate and two finds.
+_SKELETON: Final = bytes.maketrans(b"0123456789 -.%+", b"0000000000\x01\x01\x01\x01\x01")
+_SKELETON_MARKS: Final = (b"0" * 13, b"000\x010000")
+# a regex that starts with one literal byte scans at memchr speed; an alternation does not
+_MARKS: Final = {
+    b"\\": re.compile(rb"\\u00"),
+    b"%": re.compile(rb"%(?:40|2[Bb])"),
+    b"+": re.compile(rb"\+[0-9]"),
+}
+
+
+def candidate_offsets(data: bytes) -> list[int]:
+    """Offsets in `data` (a line, or lines joined by newlines) where PII may be; [] for
+    none, the common case, which costs a few C-level scans of the bytes."""
+    hits = _all(data, b"@")
+    for char, mark in _MARKS.items():
+        if char in data:
+            hits += [found.start() for found in mark.finditer(data)]
+    skeleton = data.translate(_SKELETON)
+    return hits + [pos for mark in _SKELETON_MARKS for pos in _all(skeleton, mark)]
+
+
+def _all(data: bytes, mark: bytes) -> list[int]:
+    found: list[int] = []
+    pos = data.find(mark)
+    while pos >= 0:
+        found.append(pos)
+        pos = data.find(mark, pos + len(mark))
+    return found
+
+
+def luhn(digits: str) -> bool:
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        d = ord(char) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _classify(found: re.Match[str]) -> str | None:
+    """The kind of PII a match is, or None (a number that fails the card checks)."""
+    kind = found.lastgroup
+    if kind == "email":
+        return "email"
+    digits = "".join(c for c in re.sub("%2[0-9A-Fa-f]", " ", found[0]) if c.isdigit())
+    if kind == "card":  # issuers start 2-6; a run of one digit passes Luhn but is no card
+        if digits[0] in "23456" and len(set(digits)) > 1 and luhn(digits):
+            return "card"
+        return None
+    return "phone" if 7 <= len(digits) <= 15 else None
+
+
+def find_pii(text: str) -> list[str]:
+    """The kinds of PII in a string, one entry per occurrence."""
+    kinds = (_classify(m) for m in _EXACT.finditer(text))
+    return [k for k in kinds if k is not None]
+
+
+def redact_text(text: str) -> tuple[str, list[str]]:
+    """The string with each occurrence replaced by its placeholder, and the kinds replaced."""
+    kinds: list[str] = []
+
+    def replace(found: re.Match[str]) -> str:
+        kind = _classify(found)
+        if kind is None:
+            return found[0]
+        kinds.append(kind)
+        return PLACEHOLDER[kind]
+
+    return _EXACT.sub(replace, text), kinds
+
+
+def scrub(value: Any, path: str, found: list[tuple[str, str]], redact: bool) -> Any:
+    """The decoded value with PII replaced (when `redact`); findings appended as (kind, path).
+
+    Only string values are scanned: keys and numbers are left as they are.
+    """
+    if type(value) is str:
+        if redact:
+            text, kinds = redact_text(value)
+        else:
+            text, kinds = value, find_pii(value)
+        found.extend((kind, path) for kind in kinds)
+        return text
+    if type(value) is dict:
+        prefix = f"{path}." if path else ""
+        return {k: scrub(v, f"{prefix}{k}", found, redact) for k, v in value.items()}
+    if type(value) is list:
+        return [scrub(v, f"{path}[]", found, redact) for v in value]
+    return value
