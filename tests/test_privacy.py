@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from backfill.errors import EXIT_USAGE, UsageError
 from backfill.generate import GenerateConfig, generate
+from backfill.ids import IdLines
 from backfill.privacy import (
     HashKey,
     KeyRewriter,
@@ -32,7 +33,6 @@ from backfill.privacy import (
 )
 from backfill.schema import RecordValidator, Rules
 from backfill.sources import Block, Problem, read_blocks
-from backfill.targets import IdLines
 from benchmarks.privacy import compare, compare_engine, table
 from tests.helpers import interaction, line
 

@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=float,
         default=0.0,
         help="share of valid lines given an e-mail address, phone or card number, tagged in "
-        "the manifest (0)",
+        "the manifest (default 0)",
     )
     p.add_argument(
         "--start",
