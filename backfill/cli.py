@@ -60,7 +60,7 @@ def _sending_args(g: argparse._ArgumentGroup) -> None:
     """Flags shared by every command that sends batches (run, delete)."""
     _setting(g, "--endpoint", "API base URL")
     _setting(g, "--batch-size", "records per request", type=int)
-    _setting(g, "--concurrency", "requests in flight", type=int)
+    _setting(g, "--concurrency", "requests in flight, or auto (adapts)", type=_concurrency)
     _setting(g, "--request-timeout", "seconds for a whole request", type=float)
     _setting(g, "--connect-timeout", "seconds to connect", type=float)
     _flag(g, "--key-in-query", help="send the key as ?api_key= instead of X-API-KEY")
@@ -80,6 +80,26 @@ def _sending_args(g: argparse._ArgumentGroup) -> None:
         choices=["auto", "bar", "log", "off"],
     )
     _setting(g, "--progress-interval", "seconds between progress updates", type=float)
+    _limit_args(g)
+
+
+def _concurrency(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or auto, not {text!r}") from None
+
+
+def _limit_args(g: argparse._ArgumentGroup) -> None:
+    """Adaptive concurrency, rate caps and metrics (issue 15)."""
+    _setting(g, "--max-concurrency", "--concurrency auto never goes above", type=int)
+    _setting(g, "--initial-concurrency", "--concurrency auto starts at", type=int)
+    _setting(g, "--max-records-per-second", "cap for the whole command", type=float)
+    _setting(g, "--max-requests-per-second", "cap for the whole command", type=float)
+    _setting(g, "--metrics-port", "serve Prometheus /metrics on 127.0.0.1 (0: any)", type=int)
+    _setting(g, "--metrics-textfile", "write Prometheus metrics here every 15 s and at exit")
 
 
 def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -53,6 +53,10 @@ class Retryable:
     reason: str
     retry_after: float | None = None
     ambiguous: bool = False
+    # derived from the status (so not compared): the API is overloaded (429, 5xx except 501,
+    # a timeout) and adaptive concurrency backs off; the status as a metric label
+    backpressure: bool = field(default=False, compare=False)
+    label: str = field(default="connection", compare=False)  # "429", "503", "timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +106,10 @@ def classify(
     if status == 413:
         return TooLarge()
     if status in RETRY_STATUSES:
-        return Retryable(f"HTTP {status}", _retry_after(headers.get("Retry-After")))
-    if status == 400 and b"timeout" in payload.lower():
-        return Retryable("HTTP 400 request timeout")  # Miso's own server-side timeout
+        retry_after = _retry_after(headers.get("Retry-After"))
+        return Retryable(f"HTTP {status}", retry_after, backpressure=True, label=str(status))
+    if status == 400 and b"timeout" in payload.lower():  # Miso's own server-side timeout
+        return Retryable("HTTP 400 request timeout", backpressure=True, label="400")
     if status == 401:
         return Fatal(
             AuthRefused(f"the API key was refused (HTTP 401): check the key in {key_source}")
@@ -129,7 +134,8 @@ def _success(status: int, headers: Mapping[str, str], payload: bytes) -> Answer:
         body.message in SUCCESS_MESSAGES
         or (isinstance(body.errors, bool) and isinstance(body.data, list))
     ):
-        return Retryable(_not_miso(status, headers, payload), ambiguous=True)
+        reason = _not_miso(status, headers, payload)
+        return Retryable(reason, ambiguous=True, label=str(status))
     lines = body.data if body.errors is True and isinstance(body.data, list) else []
     return Accepted(errors=_indexed(lines), task_id=_task_id(body.data), data=body.data)
 
@@ -151,6 +157,20 @@ def _redirect_message(status: int, headers: Mapping[str, str]) -> str:
         f"the server answered HTTP {status} redirecting to {location}: backfill never follows "
         "redirects (the key would leave for another origin); check --endpoint"
     )
+
+
+def label(answer: Answer) -> str:
+    """The answer's status as a metric label: "2xx", "413", "422", "429", "timeout",
+    "connection" (no answer), or "refused" (a fatal answer: 3xx, 401, 403, 404, other 4xx)."""
+    if isinstance(answer, Accepted):
+        return "2xx"
+    if isinstance(answer, SchemaRejected):
+        return "422"
+    if isinstance(answer, TooLarge):
+        return "413"
+    if isinstance(answer, Retryable):
+        return answer.label
+    return "refused"
 
 
 def describe(answer: Answer) -> str:
@@ -282,7 +302,9 @@ class MisoClient:
                 payload = await resp.read()
                 return classify(resp.status, resp.headers, payload, key_source=self._secret.source)
         except TimeoutError:
-            return Retryable("request timed out", ambiguous=True)
+            return Retryable(
+                "request timed out", ambiguous=True, backpressure=True, label="timeout"
+            )
         except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
             return Retryable(self._secret.redact(f"cannot connect: {exc}"))
         except (aiohttp.ClientError, OSError) as exc:

@@ -8,6 +8,7 @@ the settings can ever contain it.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import tomllib
 from datetime import datetime
@@ -69,6 +70,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # progress
     progress: Literal["auto", "bar", "log", "off"] = "auto"
     progress_interval: float = 0.0  # 0 = 1 s on a terminal, 10 s in a log
+    # adaptive concurrency, rate caps and metrics (issue 15); `--concurrency auto` sets the mode
+    concurrency_mode: Literal["fixed", "auto"] = "fixed"
+    max_concurrency: int = 64  # auto: the limit never grows past it (workers, connections)
+    initial_concurrency: int = 4  # auto: where the limit starts
+    max_records_per_second: float | None = None  # for the whole command
+    max_requests_per_second: float | None = None
+    metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
+    metrics_textfile: str | None = None  # written every METRICS_INTERVAL s and at exit
     # logs not in Miso's shape: the [mapping] table of the config file (see backfill.mapping)
     mapping: dict[str, Any] | None = None
     config_file: str | None = None  # where the settings came from, for error messages
@@ -80,6 +89,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def effective_batch_size(self) -> int:
         """The contract's recommendation: 10,000 interactions, 100 products or users or ids."""
         return self.batch_size or target_for(self.kind, self.operation).default_batch
+
+    @property
+    def max_in_flight(self) -> int:
+        """Requests that may ever be in flight: workers, connections and the read-ahead."""
+        return self.max_concurrency if self.concurrency_mode == "auto" else self.concurrency
 
     @property
     def dead_letter_path(self) -> Path:
@@ -124,10 +138,38 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise UsageError(f"--{name} needs a time zone, e.g. 2026-06-01T00:00:00Z")
         if self.since and self.until and self.since >= self.until:
             raise UsageError("--since must be earlier than --until")
+        self._check_limits()
         if not self.endpoint.startswith(("http://", "https://")):
             raise UsageError(f"--endpoint must be an http(s) URL, got {self.endpoint!r}")
         # the base URL; "https://api.askmiso.com/v1" is a common way to write it too
         self.endpoint = self.endpoint.rstrip("/").removesuffix("/v1")
+
+    def _check_limits(self) -> None:
+        """--max-concurrency, --initial-concurrency, the rate caps and --metrics-port."""
+        if self.max_concurrency < 1:
+            raise UsageError(f"--max-concurrency must be at least 1, got {self.max_concurrency}")
+        if not 1 <= self.initial_concurrency <= self.max_concurrency:
+            raise UsageError(
+                f"--initial-concurrency must be between 1 and --max-concurrency "
+                f"({self.max_concurrency}), got {self.initial_concurrency}"
+            )
+        for name, rate in (
+            ("max-records-per-second", self.max_records_per_second),
+            ("max-requests-per-second", self.max_requests_per_second),
+        ):
+            if rate is not None and not (math.isfinite(rate) and rate > 0):
+                raise UsageError(f"--{name} must be a positive number, got {rate}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise UsageError(f"--metrics-port must be a port number, got {self.metrics_port}")
+
+
+def concurrency_words(values: dict[str, Any]) -> None:
+    """`concurrency = "auto"` (flag or file) is the adaptive mode; a number is a fixed limit."""
+    if values.get("concurrency") == "auto":
+        del values["concurrency"]
+        values["concurrency_mode"] = "auto"
+    elif "concurrency" in values and "concurrency_mode" not in values:
+        values["concurrency_mode"] = "fixed"
 
 
 def load_settings(config_file: str | None, overrides: dict[str, Any]) -> Settings:
@@ -136,8 +178,11 @@ def load_settings(config_file: str | None, overrides: dict[str, Any]) -> Setting
     if config_file:
         values.update(_read_toml(config_file))
         _check_keys(config_file, values)
+        concurrency_words(values)
         values["config_file"] = config_file
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    concurrency_words(flags)  # a flag's number overrides a file's "auto", and the reverse
+    values.update(flags)
     try:
         settings = msgspec.convert(values, Settings, str_keys=True)
     except msgspec.ValidationError as exc:
@@ -214,6 +259,10 @@ _DEFAULT_WORDS: dict[str, str] = {
     f"{Settings(kind='products').effective_batch_size} for products, users and deletes",
     "dead_letter": "<state-dir>/dead-letter.jsonl",
     "progress_interval": "0: 1 s on a terminal, 10 s in a log",
+    "max_records_per_second": "no cap",
+    "max_requests_per_second": "no cap",
+    "metrics_port": "off",
+    "metrics_textfile": "off",
 }
 
 

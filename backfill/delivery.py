@@ -1,14 +1,19 @@
 """One batch's journey at the API: send, retry, split on 413, drop on 422, bisect, task status.
 
-    engine ──Batch──> Sender.deliver ──Request──> ConcurrencyLimit ──> MisoClient.send
-                      (retry with the policy,       (a layer: one per     (one HTTP call,
-                       split, drop, bisect,          attempt; rate caps    client.classify
-                       --wait-tasks polling)         wrap the same way)    reads the status)
+    engine ──Batch──> Sender.deliver ──Request──> RateCap ──> ConcurrencyLimit ──> MisoClient
+                      (retry with the policy,     (tokens     (a slot per attempt;  (one HTTP call;
+                       split, drop, bisect,        before a    records its RTT or    classify reads
+                       --wait-tasks polling)       slot)       back-pressure)        the status)
 
 The journey reads only `Answer` types; `client.classify` is the one place that reads a status
 code. Limits are `Service` wrappers applied to every attempt (never to a backoff), so a new
 limit (a rate cap, adaptive concurrency) is one more wrapper around the client, not a change
 to the journey. The engine only wires this, records what was acknowledged and stops it.
+
+The rate cap waits outside the concurrency limit: a request held back by the cap holds no
+slot, so an adaptive limit never sees a "reached" limit that is really the cap's doing.
+A Retry-After pauses the limit itself (`pause_until`), so every request, not only the one
+that got it, waits until then, in fixed and auto mode alike.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Protocol
 
 import aiohttp
 
+from backfill import concurrency
 from backfill.batching import Batch, Rejected
 from backfill.client import (
     Accepted,
@@ -35,9 +41,12 @@ from backfill.client import (
     Retryable,
     SchemaRejected,
     describe,
+    label,
 )
 from backfill.config import Secret, Settings
 from backfill.errors import Abandoned, NeedsUser, RetriesExhausted, ServerRefused
+from backfill.metrics import Metrics
+from backfill.ratelimit import RateCaps, share
 from backfill.retry import RetryPolicy
 from backfill.targets import Target
 
@@ -57,15 +66,49 @@ class Service(Protocol):
 
 
 class ConcurrencyLimit:
-    """At most `limit` attempts in flight; a backoff waits outside it, holding no slot."""
+    """At most `limit.limit` attempts in flight; a backoff waits outside it, holding no slot.
 
-    def __init__(self, inner: Service, limit: int) -> None:
+    Every attempt is recorded in the limit (Vector's users' complaint: a retry sequence timed
+    as one slow round trip): a success's round trip, or back-pressure (429, 5xx except 501,
+    a timeout, as `client.classify` says). A Retry-After pauses every acquirer of the limit.
+    """
+
+    def __init__(
+        self,
+        inner: Service,
+        limit: int | concurrency.ConcurrencyLimit,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._inner = inner
-        self._slots = asyncio.Semaphore(limit)
+        self.limit = concurrency.FixedLimit(limit) if isinstance(limit, int) else limit
+        self._metrics = metrics
 
     async def send(self, request: Request) -> Answer:
-        async with self._slots:
-            return await self._inner.send(request)
+        async with self.limit.slot():
+            started = time.monotonic()
+            answer = await self._inner.send(request)
+            rtt = time.monotonic() - started
+            backpressure = isinstance(answer, Retryable) and answer.backpressure
+            self.limit.record(rtt if isinstance(answer, Accepted) else None, backpressure)
+        if isinstance(answer, Retryable) and answer.retry_after:
+            self.limit.pause_until(time.monotonic() + answer.retry_after)
+        if self._metrics is not None:
+            answered = not (isinstance(answer, Retryable) and answer.label == "connection")
+            self._metrics.attempt(label(answer), rtt if answered else None, len(request.body))
+        return answer
+
+
+class RateCap:
+    """--max-records-per-second / --max-requests-per-second: every attempt takes its records
+    (and one request) from the caps before it may queue for a slot."""
+
+    def __init__(self, inner: Service, caps: RateCaps) -> None:
+        self._inner = inner
+        self.caps = caps
+
+    async def send(self, request: Request) -> Answer:
+        await self.caps.acquire(request.records)
+        return await self._inner.send(request)
 
 
 class DryRun:
@@ -160,6 +203,9 @@ class Sender:
         self._meter = meter
         self._warn = warn
         self._stopping = asyncio.Event()
+        # set by open_sender: what the engine shows and exports (progress line, metrics)
+        self.limit: concurrency.ConcurrencyLimit = concurrency.FixedLimit(1)
+        self.caps: RateCaps | None = None
 
     def stop(self) -> None:
         """Backoffs end at once; a batch waiting in one is given up (Abandoned)."""
@@ -296,13 +342,18 @@ async def open_sender(
     *,
     meter: Meter,
     warn: Callable[[str], None],
+    metrics: Metrics | None = None,
+    processes: int = 1,
 ) -> AsyncIterator[Sender]:
-    """The session, the client and the layers of one leg, closed when the leg ends."""
+    """The session, the client and the layers of one leg, closed when the leg ends.
+    `processes`: how many processes share the command's rate caps (each takes its share)."""
     async with open_client(settings, secret, target) as client:
         inner: Service = DryRun() if settings.dry_run else client
+        limited = ConcurrencyLimit(inner, concurrency_limit(settings), metrics)
+        caps = rate_caps(settings, processes)
         guard = RejectionGuard(settings.max_rejected_ratio, settings.rejected_ratio_window)
-        yield Sender(
-            ConcurrencyLimit(inner, settings.concurrency),
+        sender = Sender(
+            limited if caps is None else RateCap(limited, caps),
             client,
             target,
             policy,
@@ -311,6 +362,24 @@ async def open_sender(
             meter=meter,
             warn=warn,
         )
+        sender.limit, sender.caps = limited.limit, caps
+        yield sender
+
+
+def concurrency_limit(settings: Settings) -> concurrency.ConcurrencyLimit:
+    """--concurrency N, or auto between 1 and --max-concurrency from --initial-concurrency."""
+    if settings.concurrency_mode == "auto":
+        return concurrency.AdaptiveLimit(settings.initial_concurrency, settings.max_concurrency)
+    return concurrency.FixedLimit(settings.concurrency)
+
+
+def rate_caps(settings: Settings, processes: int = 1) -> RateCaps | None:
+    """The caps are totals for the command: with `processes` processes, each takes its share
+    (the hook for --processes)."""
+    records, requests = settings.max_records_per_second, settings.max_requests_per_second
+    if records is None and requests is None:
+        return None
+    return RateCaps(share(records, processes), share(requests, processes))
 
 
 @contextlib.asynccontextmanager
@@ -318,7 +387,7 @@ async def open_client(
     settings: Settings, secret: Secret, target: Target, *, server_dry_run: bool | None = None
 ) -> AsyncIterator[MisoClient]:
     """A keep-alive session sized for the concurrency, and a client of `target` on it."""
-    connector = aiohttp.TCPConnector(limit=settings.concurrency, enable_cleanup_closed=True)
+    connector = aiohttp.TCPConnector(limit=settings.max_in_flight, enable_cleanup_closed=True)
     timeout = aiohttp.ClientTimeout(
         total=settings.request_timeout, sock_connect=settings.connect_timeout
     )

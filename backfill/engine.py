@@ -48,6 +48,7 @@ from backfill.errors import (
 from backfill.hints import SAMPLES, hint
 from backfill.ids import IdLines, id_check
 from backfill.mapping import build_transform
+from backfill.metrics import METRICS_INTERVAL, Metrics, MetricsEndpoint, export_textfile
 from backfill.progress import LegStats, Progress, plural, rehearsal_note
 from backfill.retry import RetryPolicy
 from backfill.schema import KINDS, RecordValidator
@@ -84,7 +85,7 @@ class Engine:
         else:
             self._check = RecordValidator(settings.kind, settings.rules).check
         self._catalog: CatalogPlan | None = None
-        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=settings.concurrency)
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=settings.max_in_flight)
         self._reader: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._ratio_checked = False
@@ -96,6 +97,8 @@ class Engine:
         self._done = asyncio.Event()
         self._drain_timer: asyncio.TimerHandle | None = None
         self._sender: Sender | None = None
+        wanted = settings.metrics_port is not None or settings.metrics_textfile
+        self.metrics: Metrics | None = Metrics() if wanted else None
 
     # -- the run -------------------------------------------------------------------------
 
@@ -244,26 +247,73 @@ class Engine:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, code)
         sending = open_sender(
-            self.s, self.secret, self._target, self._policy, meter=self.stats, warn=self._warn
+            self.s,
+            self.secret,
+            self._target,
+            self._policy,
+            meter=self.stats,
+            warn=self._warn,
+            metrics=self.metrics,
         )
+        endpoint: MetricsEndpoint | None = None
         try:
             async with sending as sender:
                 self._sender = sender
+                progress.limit = lambda: sender.limit.limit
+                endpoint = await self._start_metrics(sender)
                 async with asyncio.TaskGroup() as tg:
                     self._reader = tg.create_task(self._read(files))
                     self._workers = [
-                        tg.create_task(self._work(sender)) for _ in range(self.s.concurrency)
+                        tg.create_task(self._work(sender)) for _ in range(self.s.max_in_flight)
                     ]
                     tg.create_task(self._tick(progress))
+                    if self.metrics is not None and self.s.metrics_textfile:
+                        path, every = self.s.metrics_textfile, METRICS_INTERVAL
+                        tg.create_task(export_textfile(self.metrics, path, every, self._done))
                     await asyncio.wait(self._workers)
                     self._done.set()
         finally:
+            await self._stop_metrics(endpoint)
             if self._drain_timer is not None:
                 self._drain_timer.cancel()
             for sig in handlers:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             progress.done()
+
+    async def _start_metrics(self, sender: Sender) -> MetricsEndpoint | None:
+        """Follows the engine's counts and the sender's limit and caps; serves --metrics-port."""
+        if self.metrics is None:
+            return None
+        caps, limit, s = sender.caps, sender.limit, self.stats
+        self.metrics.follow(
+            limit=lambda: limit.limit,
+            in_flight=lambda: limit.in_flight,
+            rate_wait=(lambda: caps.waited) if caps is not None else None,
+            counts=lambda: {
+                "records_read": s.records_read,
+                "records_valid": s.records_read - s.records_invalid - s.records_filtered,
+                "records_invalid": s.records_invalid,
+                "records_accepted": s.records_accepted,
+                "records_rejected": s.records_rejected,
+                "retries": s.retries,
+            },
+        )
+        if self.s.metrics_port is None:
+            return None
+        endpoint = await self.metrics.serve(self.s.metrics_port)
+        print(f"metrics: {endpoint.url}", file=self.out)
+        return endpoint
+
+    async def _stop_metrics(self, endpoint: MetricsEndpoint | None) -> None:
+        """The textfile's last write, with the final counts (the node-exporter convention)."""
+        if self.metrics is not None and self.s.metrics_textfile:
+            try:
+                self.metrics.write_textfile(self.s.metrics_textfile)
+            except UsageError as exc:
+                self._warn(str(exc))
+        if endpoint is not None:
+            await endpoint.close()
 
     def _on_signal(self, code: int) -> None:
         if self._stopping:

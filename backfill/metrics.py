@@ -16,12 +16,17 @@ Pushgateway is not used: it keeps a finished run's series forever.
 
 Values the engine already keeps elsewhere (the concurrency limit, requests in flight, the rate
 caps' wait) are read at scrape time through `follow`, so nothing has to be copied into a gauge.
+The engine's record counts (progress.LegStats) are followed the same way: before each scrape
+or write, every followed counter is raised to the engine's count, so the exposition at exit
+equals the final report's counts of the leg and the engine's hot path never calls `inc`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -41,6 +46,7 @@ from backfill.errors import UsageError
 
 LOOPBACK: Final = "127.0.0.1"
 PATH: Final = "/metrics"
+METRICS_INTERVAL: Final = 15.0  # seconds between writes of --metrics-textfile
 # 5 ms (a loopback answer) to 60 s (past the default request timeout)
 RTT_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -87,6 +93,7 @@ class Metrics:
             "backfill_rate_limit_wait_seconds", "Seconds the rate caps held requests back"
         )
         self.registry.register(self._rate_wait)
+        self._counts: Callable[[], Mapping[str, float]] | None = None
 
     def _counter(self, name: str, documentation: str) -> Counter:
         return Counter(f"backfill_{name}", documentation, registry=self.registry)
@@ -100,8 +107,12 @@ class Metrics:
         limit: Callable[[], float] | None = None,
         in_flight: Callable[[], float] | None = None,
         rate_wait: Callable[[], float] | None = None,
+        counts: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
-        """Reads these at every scrape, e.g. `follow(limit=lambda: concurrency.limit)`."""
+        """Reads these at every scrape, e.g. `follow(limit=lambda: concurrency.limit)`;
+        `counts` maps counter attributes ("records_read", "retries") to running totals."""
+        if counts is not None:
+            self._counts = counts
         if limit is not None:
             self.concurrency_limit.set_function(limit)
         if in_flight is not None:
@@ -116,7 +127,18 @@ class Metrics:
         if seconds is not None:
             self.round_trip.observe(seconds)
 
+    def sync(self) -> None:
+        """Raises each followed counter to its running total (counters never go down)."""
+        if self._counts is None:
+            return
+        for name, total in self._counts().items():
+            counter: Counter = getattr(self, name)
+            behind = total - (self.value(f"backfill_{_exposed(name)}_total") or 0.0)
+            if behind > 0:
+                counter.inc(behind)
+
     def exposition(self) -> bytes:
+        self.sync()
         return generate_latest(self.registry)
 
     def value(self, name: str, **labels: str) -> float | None:
@@ -125,6 +147,7 @@ class Metrics:
 
     def write_textfile(self, path: str) -> None:
         """Atomic (temporary name in the same directory, then rename). Blocking: small file."""
+        self.sync()
         try:
             write_to_textfile(path, self.registry)
         except OSError as exc:
@@ -160,3 +183,18 @@ class MetricsEndpoint:
 
     async def close(self) -> None:
         await self._runner.cleanup()
+
+
+def _exposed(attribute: str) -> str:
+    return "request_bytes" if attribute == "bytes_sent" else attribute
+
+
+async def export_textfile(
+    metrics: Metrics, path: str, interval: float, done: asyncio.Event
+) -> None:
+    """Writes the textfile now (an unwritable path stops the run at once), then every
+    `interval` seconds until `done`; the write at exit is the caller's, after the last count."""
+    while not done.is_set():
+        metrics.write_textfile(path)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), interval)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -57,6 +58,8 @@ class Progress:
         self.interval = interval or (1.0 if self.mode == "bar" else 10.0)
         self.stats, self.out = stats, out
         self._bytes_at_start = stats.bytes_done
+        # the current concurrency limit (it moves with --concurrency auto), once sending
+        self.limit: Callable[[], int] | None = None
 
     def line(self, now: float | None = None) -> str:
         s = self.stats
@@ -70,6 +73,7 @@ class Progress:
             f"{_rate(s.records_read, elapsed):,.0f} rec/s | {_rate(mb, elapsed):.1f} MB/s | "
             f"ETA {self._eta(acked, elapsed)} | in flight {s.in_flight} | "
             f"retries {s.retries} | rejected {s.records_invalid + s.records_rejected}"
+            + (f" | concurrency {self.limit()}" if self.limit is not None else "")
         )
 
     def _bytes_acknowledged(self) -> float:
