@@ -99,6 +99,7 @@ class Engine:
         self._sender: Sender | None = None
         wanted = settings.metrics_port is not None or settings.metrics_textfile
         self.metrics: Metrics | None = Metrics() if wanted else None
+        self._exporting = False  # the metrics textfile was written once: write it at exit
 
     # -- the run -------------------------------------------------------------------------
 
@@ -267,9 +268,7 @@ class Engine:
                         tg.create_task(self._work(sender)) for _ in range(self.s.max_in_flight)
                     ]
                     tg.create_task(self._tick(progress))
-                    if self.metrics is not None and self.s.metrics_textfile:
-                        path, every = self.s.metrics_textfile, METRICS_INTERVAL
-                        tg.create_task(export_textfile(self.metrics, path, every, self._done))
+                    self._export(tg)
                     await asyncio.wait(self._workers)
                     self._done.set()
         finally:
@@ -299,15 +298,24 @@ class Engine:
                 "retries": s.retries,
             },
         )
+        if self.s.metrics_textfile:
+            self.metrics.write_textfile(self.s.metrics_textfile)  # unwritable: stop now
+            self._exporting = True
         if self.s.metrics_port is None:
             return None
         endpoint = await self.metrics.serve(self.s.metrics_port)
         print(f"metrics: {endpoint.url}", file=self.out)
         return endpoint
 
+    def _export(self, tg: asyncio.TaskGroup) -> None:
+        """--metrics-textfile: rewritten every METRICS_INTERVAL seconds while the run goes."""
+        if self.metrics is not None and self._exporting and self.s.metrics_textfile:
+            path, every = self.s.metrics_textfile, METRICS_INTERVAL
+            tg.create_task(export_textfile(self.metrics, path, every, self._done, self._warn))
+
     async def _stop_metrics(self, endpoint: MetricsEndpoint | None) -> None:
         """The textfile's last write, with the final counts (the node-exporter convention)."""
-        if self.metrics is not None and self.s.metrics_textfile:
+        if self.metrics is not None and self.s.metrics_textfile and self._exporting:
             try:
                 self.metrics.write_textfile(self.s.metrics_textfile)
             except UsageError as exc:

@@ -190,11 +190,18 @@ def _exposed(attribute: str) -> str:
 
 
 async def export_textfile(
-    metrics: Metrics, path: str, interval: float, done: asyncio.Event
+    metrics: Metrics, path: str, interval: float, done: asyncio.Event, warn: Callable[[str], None]
 ) -> None:
-    """Writes the textfile now (an unwritable path stops the run at once), then every
-    `interval` seconds until `done`; the write at exit is the caller's, after the last count."""
+    """Writes the textfile every `interval` seconds until `done`. The caller writes it first
+    (an unwritable path stops the run before it starts) and last (with the final counts);
+    a write failing mid-run is warned about once, and the run goes on."""
     while not done.is_set():
-        metrics.write_textfile(path)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), interval)
+        if done.is_set():
+            return
+        try:
+            metrics.write_textfile(path)
+        except UsageError as exc:
+            warn(f"{exc}; the metrics file is no longer updated")
+            return
