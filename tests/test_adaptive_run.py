@@ -226,9 +226,9 @@ async def test_a_cap_holds_the_run_back_and_every_record_arrives_once(
     report = await Engine(s, Secret(server.secret_key)).run()
     assert report["exit_code"] == 0
     assert sorted(server.records("interactions")) == sorted(lines)
-    values = samples(prom.read_text())
-    assert values[("backfill_rate_limit_wait_seconds_total", ())] > 0  # the cap was engaged
-    assert values[("backfill_requests_total", (("status", "2xx"),))] == 30
+    at_exit = samples(prom.read_text())
+    assert at_exit[("backfill_rate_limit_wait_seconds_total", ())] > 0  # the cap was engaged
+    assert at_exit[("backfill_requests_total", (("status", "2xx"),))] == 30
     # a bucket never lets more through than its burst (0.1 s of the rate) plus the rate:
     # a lower bound on the duration, which only a broken cap can miss
     burst = rate * 0.1
