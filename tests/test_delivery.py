@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,7 +22,8 @@ from aiohttp import web
 
 from backfill.client import Accepted, Request
 from backfill.config import Secret, Settings
-from backfill.delivery import ConcurrencyLimit, open_client, split_budget
+from backfill.concurrency import AdaptiveLimit, FixedLimit
+from backfill.delivery import ConcurrencyLimit, RateCap, open_client, rate_caps, split_budget
 from backfill.errors import ServerRefused
 from backfill.maintenance import remote_ids
 from backfill.server import Faults, RunningServer
@@ -342,3 +344,58 @@ async def test_401_names_the_configured_key_source(tmp_path: Path, server: Runni
     )
     assert code == 3 and f"check the key in --api-key-file {key_file}" in output
     assert "sk-wrong-from-file" not in output
+
+
+# -- issue 15: the limit layer records every attempt; the cap layer holds every attempt -----
+
+
+@pytest.mark.parametrize(
+    ("status", "cut"),
+    [(429, True), (503, True), (500, True), (501, False), (404, False), (422, False)],
+)
+async def test_the_limit_is_cut_by_back_pressure_and_only_by_it(status: int, cut: bool) -> None:
+    def answer(request: web.Request) -> web.Response:
+        return web.json_response({"message": "no", "data": []}, status=status)
+
+    async with serving(answer) as server:
+        settings = Settings(endpoint=server.url)
+        async with open_client(settings, Secret(KEY), target_for("interactions")) as client:
+            limit = AdaptiveLimit(10, 20)
+            layer = ConcurrencyLimit(client, limit)
+            await layer.send(Request(b'{"data":[]}', 0))
+    assert len(server.received) == 1
+    assert limit.limit == (9 if cut else 10)
+
+
+async def test_a_retry_after_pauses_the_limit_for_every_request() -> None:
+    def throttled(request: web.Request) -> web.Response:
+        return web.json_response({"message": "slow"}, status=429, headers={"Retry-After": "30"})
+
+    async with serving(throttled) as server:
+        settings = Settings(endpoint=server.url)
+        async with open_client(settings, Secret(KEY), target_for("interactions")) as client:
+            layer = ConcurrencyLimit(client, FixedLimit(4))
+            before = time.monotonic()
+            await layer.send(Request(b'{"data":[]}', 0))
+            second = asyncio.ensure_future(layer.send(Request(b'{"data":[]}', 0)))
+            await asyncio.sleep(0.2)
+            assert not second.done() and len(server.received) == 1  # held by the pause
+            second.cancel()
+    assert layer.limit.paused_until >= before + 30
+
+
+async def test_the_rate_cap_layer_takes_every_attempts_records() -> None:
+    async with serving(ok) as server:
+        settings = Settings(endpoint=server.url, max_records_per_second=1000.0)
+        caps = rate_caps(settings)
+        assert caps is not None and caps.records is not None
+        async with open_client(settings, Secret(KEY), target_for("interactions")) as client:
+            layer = RateCap(ConcurrencyLimit(client, 2), caps)
+            for _ in range(3):
+                await layer.send(Request(b'{"data":[]}', 100))  # 300 of a 100-token bucket
+    assert len(server.received) == 3
+    assert caps.waited > 0 and caps.records.tokens < 100
+    assert rate_caps(Settings()) is None
+    shared = rate_caps(Settings(max_requests_per_second=10.0), processes=4)
+    assert shared is not None and shared.records is None
+    assert shared.requests is not None and shared.requests.rate == 2.5  # a total for 4
