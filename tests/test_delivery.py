@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 
 from backfill.client import Accepted, Request
-from backfill.config import Secret, Settings
 from backfill.concurrency import AdaptiveLimit, FixedLimit
+from backfill.config import Secret, Settings
 from backfill.delivery import ConcurrencyLimit, RateCap, open_client, rate_caps, split_budget
 from backfill.errors import ServerRefused
 from backfill.maintenance import remote_ids
