@@ -14,6 +14,10 @@
 (b) The rate cap (`TokenBucket` on the real clock) with several acquirers: the achieved rate
     against the cap over a few seconds.
 
+(c) `--engine`, the `make bench` section: `backfill run` itself (a subprocess, as a user runs
+    it) against the same servers, auto against fixed baselines measured in the same run, and
+    `--max-records-per-second 50000` on the fast server; the checks are the issue's targets.
+
 Targets from issue 15: auto >= 80% of ideal with <= 5% 429s (reject); >= 80% with a mean at the
 server <= 2x capacity (queue); the cap within [0.9, 1.05].
 """
