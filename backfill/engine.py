@@ -6,7 +6,8 @@
        after another)                                              dead letters, acked)
 
 Memory is bounded by `2 x concurrency` batches (`--max-concurrency` with `--concurrency auto`:
-`Settings.max_in_flight` workers, each holding one batch while it waits for a slot). Every task is owned by one TaskGroup.
+`Settings.max_in_flight` workers, each holding one batch while it waits for a slot).
+Every task is owned by one TaskGroup.
 A stop (signal, fatal answer, too many invalid records) stops the reader and every retry
 backoff at once, lets requests in flight finish for `drain_timeout` seconds, then cancels
 them; whatever was cancelled stays `inflight` in the checkpoint and is handled as ambiguous
