@@ -60,7 +60,13 @@ def _sending_args(g: argparse._ArgumentGroup) -> None:
     """Flags shared by every command that sends batches (run, delete)."""
     _setting(g, "--endpoint", "API base URL")
     _setting(g, "--batch-size", "records per request", type=int)
-    _setting(g, "--concurrency", "requests in flight, or auto (adapts)", type=_concurrency)
+    _setting(
+        g,
+        "--concurrency",
+        "requests in flight, or auto (adapts)",
+        type=_concurrency,
+        metavar="N|auto",
+    )
     _setting(g, "--request-timeout", "seconds for a whole request", type=float)
     _setting(g, "--connect-timeout", "seconds to connect", type=float)
     _flag(g, "--key-in-query", help="send the key as ?api_key= instead of X-API-KEY")

@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from backfill.cli import build_parser
 from backfill.client import Retryable, classify, label
 from backfill.config import Secret, Settings, load_settings
 from backfill.engine import Engine
@@ -346,3 +347,15 @@ async def test_cli_auto_shows_the_limit_on_the_progress_line_and_writes_the_text
     at_exit = samples(prom.read_text())
     assert at_exit[("backfill_records_accepted_total", ())] == 200
     assert 1 <= at_exit[("backfill_concurrency_limit", ())] <= 64
+
+
+def test_the_flag_takes_a_number_or_auto_and_nothing_else(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["run", "x", "--concurrency", "auto"]).concurrency == "auto"
+    assert parser.parse_args(["run", "x", "--concurrency", "12"]).concurrency == 12
+    with pytest.raises(SystemExit) as stopped:
+        parser.parse_args(["run", "x", "--concurrency", "lots"])
+    assert stopped.value.code == 2
+    assert "--concurrency: a number or auto, not 'lots'" in capsys.readouterr().err
