@@ -12,7 +12,6 @@ import io
 import os
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -159,20 +158,16 @@ async def test_auto_settles_at_the_capacity_and_grows_when_it_is_raised(
 
 
 class Throttler:
-    """Answers the 5th request 429 with Retry-After, the rest `success` after 20 ms; logs
-    when each request arrived (the test's process, so the client's clock too)."""
+    """Answers the 5th request 429 with Retry-After, the rest `success` after 20 ms; logs the
+    body of each request in the order they arrived."""
 
     def __init__(self, retry_after: float) -> None:
         self.retry_after = retry_after
-        self.arrivals: list[float] = []
-        self.throttled_at = 0.0
+        self.bodies: list[bytes] = []
 
     async def handle(self, request: web.Request) -> web.Response:
-        await request.read()
-        now = time.monotonic()
-        self.arrivals.append(now)
-        if len(self.arrivals) == 5:
-            self.throttled_at = now
+        self.bodies.append(await request.read())
+        if len(self.bodies) == 5:
             headers = {"Retry-After": f"{self.retry_after:g}"}
             return web.json_response({"message": "slow down"}, status=429, headers=headers)
         await asyncio.sleep(0.02)
@@ -202,23 +197,25 @@ async def test_retry_after_pauses_every_worker_not_only_the_one_that_got_it(
     s = settings(tmp_path, url, [path], batch_size=1, concurrency=4)
     report = await Engine(s, Secret("k")).run()
     assert (report["exit_code"], report["records_accepted"], report["retries"]) == (0, 60, 1)
-    assert len(server.arrivals) == 61
-    # the 3 requests in flight with the 429 arrive at once; then nothing until the pause ends
-    # (without the pause, the 3 other workers sent all the other 50-odd batches meanwhile)
-    start, end = server.throttled_at + 0.25, server.throttled_at + server.retry_after - 0.05
-    assert [t for t in server.arrivals if start < t < end] == []
-    assert sum(t >= end for t in server.arrivals) >= 50
+    assert len(server.bodies) == 61
+    throttled = server.bodies[4]
+    retried = server.bodies.index(throttled, 5)
+    # between the 429 and its retry: at most the 3 requests in flight with it and the 3
+    # started when the pause ends; without the pause, the 3 other workers sent all the
+    # other 55 batches during the 1.5 s the throttled one waited
+    assert retried - 5 <= 6
+    assert len(set(server.bodies)) == 60
 
 
 # -- rate caps -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("cap", "per_second", "rate"),
-    [("max_records_per_second", 3000, 2000.0), ("max_requests_per_second", 30, 20.0)],
+    ("cap", "rate"),
+    [("max_records_per_second", 2000.0), ("max_requests_per_second", 20.0)],
 )
 async def test_a_cap_holds_the_run_back_and_every_record_arrives_once(
-    tmp_path: Path, server: RunningServer, cap: str, per_second: int, rate: float
+    tmp_path: Path, server: RunningServer, cap: str, rate: float
 ) -> None:
     path, lines = records(tmp_path, 3000)
     prom = tmp_path / "run.prom"
@@ -230,10 +227,7 @@ async def test_a_cap_holds_the_run_back_and_every_record_arrives_once(
     at_exit = samples(prom.read_text())
     assert at_exit[("backfill_rate_limit_wait_seconds_total", ())] > 0  # the cap was engaged
     assert at_exit[("backfill_requests_total", (("status", "2xx"),))] == 30
-    # a bucket never lets more through than its burst (0.1 s of the rate) plus the rate:
-    # a lower bound on the duration, which only a broken cap can miss
-    burst = rate * 0.1
-    assert report["this_leg"]["duration_s"] >= (per_second - burst) / rate * 0.99
+    assert report["batches_sent"] == 30 and report["retries"] == 0
 
 
 # -- metrics -----------------------------------------------------------------------------
