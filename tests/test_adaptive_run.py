@@ -26,6 +26,7 @@ from backfill.client import Retryable, classify, label
 from backfill.config import Secret, Settings, load_settings
 from backfill.engine import Engine
 from backfill.errors import UsageError
+from backfill.metrics import Metrics, export_textfile
 from backfill.server import Capacity, Faults, RunningServer, start_server
 from tests.helpers import interaction, line, write_lines
 from tests.server_fixtures import server_config
@@ -353,3 +354,23 @@ def test_the_flag_takes_a_number_or_auto_and_nothing_else(
         parser.parse_args(["run", "x", "--concurrency", "lots"])
     assert stopped.value.code == 2
     assert "--concurrency: a number or auto, not 'lots'" in capsys.readouterr().err
+
+
+async def test_the_textfile_is_rewritten_while_the_run_goes_and_a_failure_is_warned_once(
+    tmp_path: Path,
+) -> None:
+    metrics, done, warnings = Metrics(), asyncio.Event(), list[str]()
+    folder = tmp_path / "collector"
+    folder.mkdir()
+    prom = folder / "run.prom"
+    task = asyncio.ensure_future(export_textfile(metrics, str(prom), 0.01, done, warnings.append))
+    metrics.records_read.inc(7)
+    await wait_for(prom.exists)
+    await wait_for(lambda: "backfill_records_read_total 7.0" in prom.read_text())
+    prom.unlink()
+    folder.rmdir()  # the collector's directory is gone mid-run
+    await asyncio.wait_for(task, 10)  # the exporter gives up rather than failing the run
+    assert len(warnings) == 1
+    assert f"cannot write the metrics file {prom}" in warnings[0]
+    assert "no longer updated" in warnings[0]
+    assert not done.is_set()
