@@ -193,6 +193,8 @@ class Sender:
         wait_tasks: bool,
         meter: Meter,
         warn: Callable[[str], None],
+        limit: concurrency.ConcurrencyLimit | None = None,
+        caps: RateCaps | None = None,
     ) -> None:
         self._service = service
         self._client = client
@@ -203,9 +205,9 @@ class Sender:
         self._meter = meter
         self._warn = warn
         self._stopping = asyncio.Event()
-        # set by open_sender: what the engine shows and exports (progress line, metrics)
-        self.limit: concurrency.ConcurrencyLimit = concurrency.FixedLimit(1)
-        self.caps: RateCaps | None = None
+        # the service's layers, which the engine shows and exports (progress line, metrics)
+        self.limit = limit if limit is not None else concurrency.FixedLimit(1)
+        self.caps = caps
 
     def stop(self) -> None:
         """Backoffs end at once; a batch waiting in one is given up (Abandoned)."""
@@ -352,7 +354,7 @@ async def open_sender(
         limited = ConcurrencyLimit(inner, concurrency_limit(settings), metrics)
         caps = rate_caps(settings, processes)
         guard = RejectionGuard(settings.max_rejected_ratio, settings.rejected_ratio_window)
-        sender = Sender(
+        yield Sender(
             limited if caps is None else RateCap(limited, caps),
             client,
             target,
@@ -361,9 +363,9 @@ async def open_sender(
             wait_tasks=settings.wait_tasks,
             meter=meter,
             warn=warn,
+            limit=limited.limit,
+            caps=caps,
         )
-        sender.limit, sender.caps = limited.limit, caps
-        yield sender
 
 
 def concurrency_limit(settings: Settings) -> concurrency.ConcurrencyLimit:
