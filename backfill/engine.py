@@ -48,6 +48,7 @@ from backfill.errors import (
 from backfill.hints import SAMPLES, hint
 from backfill.ids import IdLines, id_check
 from backfill.mapping import build_transform
+from backfill.privacy import build_privacy
 from backfill.progress import LegStats, Progress, plural, rehearsal_note
 from backfill.retry import RetryPolicy
 from backfill.schema import KINDS, RecordValidator
@@ -63,6 +64,8 @@ class Engine:
     ) -> None:
         self.s = settings
         self.secret = secret
+        # first: a missing hash key is a usage error before anything is read, sent or stored
+        self._privacy = build_privacy(settings.privacy, settings.kind, settings.operation)
         self.command = command
         self.out = out
         self.stats = LegStats()
@@ -130,6 +133,8 @@ class Engine:
         finally:
             self._dlq.close()
         cp = self._cp
+        if self._privacy is not None and (warning := self._privacy.warning()):
+            self._warn(warning)
         self._check_all_invalid(await cp.totals())
         try:
             await cp.end_leg(self.exit_code, self.error, self._leg_counts())
@@ -202,6 +207,7 @@ class Engine:
             "version": __version__,
             "endpoint": s.endpoint,
             "rehearsal": "dry-run" if s.dry_run else "server-dry-run" if s.server_dry_run else "",
+            "privacy": self._privacy.fingerprint() if self._privacy else "",
         }
 
     def _announce_resume(self, files: list[FileState], ambiguous: list[AmbiguousRange]) -> None:
@@ -352,6 +358,8 @@ class Engine:
         )
         if self._transform is not None:
             blocks = self._transform.blocks(f.path, blocks)
+        if self._privacy is not None:  # after mapping/IdLines: lines are Miso JSON by then
+            blocks = self._privacy.blocks(f.path, blocks)
         if self._catalog is not None:
             blocks = CatalogMarks(self._catalog, self._file_index).blocks(f.path, blocks)
         try:
@@ -531,6 +539,8 @@ class Engine:
         note = rehearsal_note(self.s.dry_run, self.s.server_dry_run)
         if note:
             report["note"] = note
+        if self._privacy is not None:  # this leg's lines (a resumed leg counts what it read)
+            report["privacy"] = self._privacy.counts.report()
         if self.exit_code != EXIT_OK and self.command:
             report["resume_command"] = self.command
         return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -96,6 +97,28 @@ class PrivacyTransform:
         self._ip_swaps = Swaps("truncated_ip", truncate_ip)
         self._hash_user = "user_id" in fields and upload
         self._hash_anonymous = "anonymous_id" in fields and upload
+        self._settings = settings
+
+    def fingerprint(self) -> str:
+        """The table and the key, for the checkpoint's settings: a resumed load with another
+        key or table would send ids that no longer join what earlier legs sent."""
+        table = msgspec.json.encode(self._settings, order="sorted")
+        key = self.key.fingerprint() if self.key is not None else ""
+        return hashlib.sha256(table + key.encode()).hexdigest()[:16]
+
+    def warning(self) -> str | None:
+        """In warn mode, the one line that says personal data went out as it was."""
+        found = self.counts.findings
+        if self.pii != "warn" or not found:
+            return None
+        kinds = Counter[str]()
+        for what, n in found.items():
+            kinds[what.partition("@")[0]] += n
+        listed = ", ".join(f"{n:,} {kind}" for kind, n in sorted(kinds.items()))
+        return (
+            f'[privacy] pii = "warn": personal data found and sent as it was ({listed}; by '
+            'field in the report\'s "privacy"); set pii = "redact" to keep it from Miso'
+        )
 
     @property
     def does_something(self) -> bool:
