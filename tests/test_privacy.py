@@ -27,6 +27,7 @@ from backfill.privacy import (
     find_pii,
     load_hash_key,
     luhn,
+    maybe_pii,
     parse_privacy,
     redact_text,
     truncate_ip,
@@ -246,6 +247,16 @@ def test_truncated_ip_in_records_and_an_invalid_one_left_to_the_validator() -> N
     assert t.counts.ips_truncated == 3
 
 
+def test_an_address_ending_in_dot_zero_is_skipped_only_when_it_is_ipv4() -> None:
+    mapped = line({**interaction(1), "context": {"truncated_ip": "::ffff:198.51.100.0"}})
+    done = line({**interaction(2), "context": {"truncated_ip": "198.51.100.0"}})
+    t = transform(PrivacySettings(truncate_ip=True))
+    block = run(t, [mapped, done])
+    assert json.loads(block.lines[0])["context"]["truncated_ip"] == "198.51.100.0"
+    assert block.lines[1] == done
+    assert t.counts.ips_truncated == 1
+
+
 # -- PII detection ----------------------------------------------------------------------------
 
 FOUND = [
@@ -322,6 +333,13 @@ def test_prefilter_is_a_superset_of_the_exact_scan(text: str) -> None:
     """A record with PII must never skip the scan: every exact finding is a candidate."""
     if find_pii(text):
         assert candidate_offsets(json.dumps({"v": text}).encode())
+        assert maybe_pii(text)  # the same pre-filter, per decoded string in the scan
+
+
+@pytest.mark.parametrize(("text", "kinds"), FOUND)
+def test_the_per_string_prefilter_lets_every_finding_through(text: str, kinds: list[str]) -> None:
+    assert maybe_pii(text)
+    assert not maybe_pii("shoes size 42")
 
 
 def test_clean_generated_records_are_not_candidates() -> None:

@@ -160,15 +160,20 @@ class PrivacyTransform:
                 new = line
                 value = found.user_id
                 if value and hash_user and len(value) <= 512:
-                    new = swap_value(new, users[value])
+                    old, _, replacement = swap = users[value]
+                    if replacement is not None:  # the common spelling: one scan, not two
+                        new = line.replace(old, replacement)
+                        if new is line:
+                            new = swap_value(line, swap)
                     hashed += 1
                 value = found.anonymous_id
                 if value and hash_anonymous and len(value) <= 1024:
                     new = swap_value(new, visitors[value])
                     hashed += 1
                 context = found.context
-                if truncate and context is not None and context.truncated_ip is not None:
-                    swap = ips[context.truncated_ip]
+                ip = context.truncated_ip if truncate and context is not None else None
+                if ip and (ip[-2:] != ".0" or ":" in ip):  # an IPv4 /24 already: no entry
+                    swap = ips[ip]
                     new = swap_value(new, swap)
                     truncated += swap[2] is not None
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, Unusual):
