@@ -160,15 +160,11 @@ class PrivacyTransform:
                 new = line
                 value = found.user_id
                 if value and hash_user and len(value) <= 512:
-                    old, _, replacement = swap = users[value]
-                    if replacement is not None:  # the common spelling: one scan, not two
-                        new = line.replace(old, replacement)
-                        if new is line:
-                            new = swap_value(line, swap)
+                    new = _swap(new, users[value])
                     hashed += 1
                 value = found.anonymous_id
                 if value and hash_anonymous and len(value) <= 1024:
-                    new = swap_value(new, visitors[value])
+                    new = _swap(new, visitors[value])
                     hashed += 1
                 context = found.context
                 ip = context.truncated_ip if truncate and context is not None else None
@@ -307,3 +303,13 @@ class PrivacyTransform:
                 raw = text.encode("utf-8", "surrogateescape")
             if raw is not problem.raw:
                 block.problems[index] = problem._replace(raw=raw)
+
+
+def _swap(line: bytes, swap: tuple[bytes, bytes, bytes | None]) -> bytes:
+    """swap_value for a value that always changes (a hash): the common spelling costs one
+    scan of the line, not two."""
+    old, _, replacement = swap
+    if replacement is None:
+        return line
+    new = line.replace(old, replacement)
+    return swap_value(line, swap) if new is line else new
