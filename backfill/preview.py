@@ -19,7 +19,7 @@ import contextlib
 import shutil
 import textwrap
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -28,6 +28,7 @@ import msgspec
 from backfill.config import Settings, load_settings
 from backfill.errors import UsageError
 from backfill.mapping import MappingTransform, Observations, build_transform
+from backfill.privacy import build_privacy
 from backfill.schema import OUT_OF_WINDOW, RecordValidator
 from backfill.sources import Block, read_blocks
 
@@ -47,6 +48,7 @@ class Shown:
     verdict: str  # "valid", "dead letter" or "left out"
     why: str  # the reason of a dead letter, the rule that left a record out
     valid: bool
+    privacy: list[str] = field(default_factory=list)  # what the [privacy] step changed
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,7 +60,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "by the [mapping] table of --config, and whether each is valid. Sends nothing.",
     )
     p.add_argument("input", help="one input file (CSV, TSV or JSON lines; gzip or not)")
-    p.add_argument("--config", required=True, help="TOML file with the [mapping] table")
+    p.add_argument(
+        "--config", required=True, help="TOML file with the [mapping] and/or [privacy] table"
+    )
     p.add_argument("-n", "--records", type=int, default=5, help="records to show (default 5)")
     p.add_argument("--width", type=int, help="output width (default: the terminal's)")
     p.set_defaults(func=cmd_preview)
@@ -80,6 +84,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 async def preview(settings: Settings, path: Path, limit: int) -> list[Shown]:
     """The first `limit` records of `path` (not blank lines, not the CSV header)."""
     transform = build_transform(settings)
+    privacy = build_privacy(settings.privacy, settings.kind, settings.operation)
     validator = RecordValidator(settings.kind, settings.rules)
     seen = Observations()
     raw: dict[int, bytes] = {}
@@ -93,11 +98,15 @@ async def preview(settings: Settings, path: Path, limit: int) -> list[Shown]:
     if transform is not None:
         assert isinstance(transform, MappingTransform)
         blocks = cast(AsyncGenerator[Block, None], transform.blocks(path, remembered, seen))
-    async with (
-        contextlib.aclosing(reader),
-        contextlib.aclosing(remembered),
-        contextlib.aclosing(blocks),
-    ):
+    before: dict[int, bytes] = {}  # each line as the privacy step received it
+    async with contextlib.AsyncExitStack() as stack:
+        for generator in (reader, remembered, blocks):
+            stack.push_async_callback(generator.aclose)
+        if privacy is not None:
+            mapped = _remember(blocks, before)
+            stack.push_async_callback(mapped.aclose)
+            blocks = cast(AsyncGenerator[Block, None], privacy.blocks(path, mapped))
+            stack.push_async_callback(blocks.aclose)
         async for block in blocks:
             for slot, line in enumerate(block.lines):
                 index = block.first + slot
@@ -105,7 +114,10 @@ async def preview(settings: Settings, path: Path, limit: int) -> list[Shown]:
                 if (not line or line.isspace()) and problem is None:
                     continue  # a blank line, as a run skips it
                 source = seen.sources.get(index, raw.get(index, b""))
-                shown.append(_verdict(index, source, line, problem, seen, validator))
+                item = _verdict(index, source, line, problem, seen, validator)
+                if index in before and before[index] != line and problem is None:
+                    item.privacy = privacy_changes(before[index], line)
+                shown.append(item)
                 if len(shown) >= limit:
                     return shown
     return shown
@@ -145,6 +157,36 @@ def _verdict(
     return Shown(line_no, source, line, "dead letter", reason, False)
 
 
+def privacy_changes(before: bytes, after: bytes) -> list[str]:
+    """`path: before -> after` for each value the [privacy] step rewrote."""
+    try:
+        old, new = _flat(msgspec.json.decode(before)), _flat(msgspec.json.decode(after))
+    except msgspec.DecodeError:
+        return ["(the line is not JSON: rewritten as text)"]
+    return [
+        f"{path}: {_short(old.get(path))} -> {_short(value)}"
+        for path, value in new.items()
+        if old.get(path) != value
+    ]
+
+
+def _flat(value: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        prefix = f"{path}." if path else ""
+        return {k: v for key, item in value.items() for k, v in _flat(item, prefix + key).items()}
+    if isinstance(value, list):
+        return {
+            k: v for i, item in enumerate(value) for k, v in _flat(item, f"{path}[{i}]").items()
+        }
+    return {path: value}
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    if isinstance(value, str) and len(value) > limit:
+        value = value[: limit - 1] + "…"  # a hash is recognisable by its first digits
+    return msgspec.json.encode(value).decode()
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering.
 # ---------------------------------------------------------------------------------------------
@@ -153,13 +195,16 @@ def _verdict(
 def render(shown: list[Shown], settings: Settings, path: Path, width: int) -> str:
     mapping = settings.mapping or {}
     what = f"{mapping.get('format', 'Miso JSON lines')}"
-    out = [f"{path} ({what}) -> Miso {settings.kind}, first {len(shown)} records", ""]
+    steps = " and the [privacy] step" if settings.privacy and settings.privacy.active else ""
+    out = [f"{path} ({what}) -> Miso {settings.kind}{steps}, first {len(shown)} records", ""]
     columns = width >= SIDE_BY_SIDE_MIN
     half = (width - len(GUTTER)) // 2 if columns else width
     for s in shown:
         out.append(_rule(f" line {s.line}: {s.verdict} ", width))
         if s.why:
             out.extend(_wrap([s.why], width))
+        if s.privacy:
+            out.extend(_wrap(["privacy:", *(f"  {change}" for change in s.privacy)], width))
         left = ["source", *_source_lines(s.source)]
         right = ["mapped", *(_json_lines(s.mapped) if s.mapped is not None else ["(none)"])]
         if columns:

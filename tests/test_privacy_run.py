@@ -285,3 +285,53 @@ async def test_a_key_written_in_the_privacy_table_is_refused(
     assert "privacy.hash_key: no such setting" in err and "MISO_HASH_KEY" in err
     assert KEY not in out + err
     assert server.records("interactions") == []
+
+
+async def preview_cli(*args: str, hash_key: str | None = KEY) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MISO_HASH_KEY"}
+    if hash_key is not None:
+        env["MISO_HASH_KEY"] = hash_key
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "backfill", "preview", *args, "--width", "200",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_preview_shows_what_the_privacy_step_changed(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "e.jsonl", events())
+    code, out, err = await preview_cli(str(path), "--config", str(config(tmp_path)), "-n", "2")
+    assert code == 0, err
+    assert "-> Miso interactions and the [privacy] step, first 2 records" in out
+    assert f'user_id: "ana@example.com" -> "{pseudonym("ana@example.com")[:39]}…"' in out
+    assert 'context.truncated_ip: "203.0.113.10" -> "203.0.113.0"' in out
+    assert 'search.keywords: "call me +1 415 555 2671" -> "call me [phone]"' in out
+    assert out.count("privacy:") == 2 and "2 records: 2 valid" in out
+
+
+async def test_preview_gives_the_reason_of_a_privacy_dead_letter(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "e.jsonl", events())
+    settings = config(tmp_path, "dead-letter")
+    code, out, err = await preview_cli(str(path), "--config", str(settings), "-n", "2")
+    assert code == 1, err  # a record shown is not sent
+    assert "line 2: dead letter" in out
+    assert 'personal data (phone in search.keywords); [privacy] pii = "dead-letter"' in out
+
+
+async def test_preview_of_mapped_csv_rows_hashes_the_mapped_ids(tmp_path: Path) -> None:
+    mapping = Path(__file__).resolve().parent.parent / "configs" / "mapping-ecommerce-csv.toml"
+    data = mapping.parent / "samples" / "ecommerce-events.csv"
+    both = tmp_path / "both.toml"
+    both.write_text(mapping.read_text() + '\n[privacy]\nhash_ids = ["user_id"]\n')
+    code, out, err = await preview_cli(str(data), "--config", str(both), "-n", "1")
+    assert code == 0, err
+    assert f'user_id: "541312140" -> "{pseudonym("541312140")[:39]}…"' in out
+    assert "user_id: 541312140" in out  # the CSV row, as read
+
+
+async def test_preview_without_the_hash_key_exits_2(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "e.jsonl", events())
+    code, out, err = await preview_cli(str(path), "--config", str(config(tmp_path)), hash_key=None)
+    assert code == 2 and out == ""
+    assert "MISO_HASH_KEY" in err and "Traceback" not in err
