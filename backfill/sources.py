@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import glob
 import hashlib
+import itertools
 import os
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -36,27 +37,117 @@ INFLATE_PIECE = 1 << 20  # bounds memory (gzip bombs) and the event loop's time 
 INFLATE_AHEAD = 8  # pieces inflated per hop to the worker thread: at most 2 x 8 MiB held
 
 
-def discover(inputs: list[str]) -> list[Path]:
-    """Files, directories (recursively, data files only) and globs, in sorted path order."""
-    found: set[Path] = set()
+class Source(Protocol):
+    """One input as stored bytes, wherever it lives: a local file today, an object in a
+    bucket (s3://, gs://) behind the same four members, so that reading, resuming and
+    sharding never ask which store a source is in."""
+
+    @property
+    def name(self) -> str:
+        """As found (a path, or s3://bucket/key): shown in messages and dead letters."""
+        ...
+
+    @property
+    def key(self) -> str:
+        """Its identity in a checkpoint: the same source on every leg (an absolute path)."""
+        ...
+
+    @property
+    def relative(self) -> str:
+        """Its path below the input root it was found under (a glob's fixed directory, a
+        directory given, a file's own directory): the same from any mount point, so the
+        shard that owns a source never depends on where the inputs were listed from."""
+        ...
+
+    def fingerprint(self) -> Fingerprint:
+        """Enough to notice a change between legs. Blocking: call it on a thread."""
+        ...
+
+    def chunks(self, offset: int) -> AsyncIterator[bytes]:
+        """Its stored bytes from `offset` on, in pieces of about CHUNK bytes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """A file on a local (or mounted) filesystem."""
+
+    path: Path
+    relative: str
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    @property
+    def key(self) -> str:
+        return str(self.path.resolve())
+
+    def fingerprint(self) -> Fingerprint:
+        return fingerprint(self.path)
+
+    async def chunks(self, offset: int) -> AsyncIterator[bytes]:
+        async with aiofiles.open(self.path, "rb") as fh:
+            if offset:
+                await fh.seek(offset)
+            while chunk := await fh.read(CHUNK):
+                yield chunk
+
+
+# Finders of sources in other stores, by URL scheme ("s3", "gs"); each returns the sources
+# that one input names, in sorted key order, or raises UsageError naming what to check.
+SCHEMES: dict[str, Callable[[str], list[Source]]] = {}
+
+
+def find_sources(inputs: list[str]) -> list[Source]:
+    """Every input's sources, local files in sorted path order; each source once."""
+    found: dict[str, Source] = {}
     for item in inputs:
-        if glob.has_magic(item):
-            matches = [Path(p) for p in glob.glob(item, recursive=True)]
-            files = [p for p in matches if p.is_file()]
-            if not files:
-                raise UsageError(f"no input file matches {item!r}")
-            found.update(files)
-        elif os.path.isdir(item):
-            found.update(
-                p for p in Path(item).rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES)
+        scheme, sep, _ = item.partition("://")
+        if sep and scheme in SCHEMES:
+            listed = SCHEMES[scheme](item)
+        elif sep and scheme.isalpha() and len(scheme) > 1:
+            raise UsageError(
+                f"cannot read {item!r}: {scheme}:// inputs are not supported "
+                f"(local paths{''.join(f', {s}://' for s in sorted(SCHEMES))})"
             )
-        elif os.path.isfile(item):
-            found.add(Path(item))
         else:
-            raise UsageError(f"input not found: {item}")
+            listed = list(_local(item))
+        for source in listed:
+            found.setdefault(source.key, source)
     if not found:
         raise UsageError("no input files (give files, directories or globs)")
-    return sorted(found, key=lambda p: str(p))
+    return sorted(found.values(), key=lambda s: s.name)
+
+
+def discover(inputs: list[str]) -> list[Path]:
+    """Local files, directories (recursively, data files only) and globs, in sorted order."""
+    return [s.path for s in find_sources(inputs) if isinstance(s, LocalFile)]
+
+
+def _local(item: str) -> Iterator[LocalFile]:
+    if glob.has_magic(item):
+        root = _fixed_prefix(item)
+        files = [Path(p) for p in glob.glob(item, recursive=True) if os.path.isfile(p)]
+        if not files:
+            raise UsageError(f"no input file matches {item!r}")
+        for path in files:
+            yield LocalFile(path, os.path.relpath(path, root))
+    elif os.path.isdir(item):
+        for path in Path(item).rglob("*"):
+            if path.is_file() and path.name.endswith(DATA_SUFFIXES):
+                yield LocalFile(path, path.relative_to(item).as_posix())
+    elif os.path.isfile(item):
+        yield LocalFile(Path(item), Path(item).name)
+    else:
+        raise UsageError(f"input not found: {item}")
+
+
+def _fixed_prefix(pattern: str) -> str:
+    """The directory part of a glob before its first wildcard ("logs" of "logs/2026-*/x")."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda p: not glob.has_magic(p), parts[:-1]))
+    return os.path.join(*fixed) if fixed else "."
 
 
 @dataclass(frozen=True, slots=True)

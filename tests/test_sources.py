@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from backfill.errors import UsageError
 from backfill.server import RunningServer
 from backfill.sources import (
     INFLATE_AHEAD,
@@ -23,6 +24,7 @@ from backfill.sources import (
     Block,
     _Inflater,
     discover,
+    find_sources,
     read_blocks,
 )
 from tests.faultfs import FaultFS, FaultFSUnavailable
@@ -244,3 +246,39 @@ async def test_a_read_error_mid_file_stops_the_run_and_the_resume_loads_the_rest
     second = await run_engine(tmp_path, server.url, server.secret_key, [source])
     assert second["exit_code"] == 0
     assert sorted(numbers(server.records("interactions"))) == list(range(FAULTY_RECORDS))
+
+
+def test_sources_know_their_path_below_the_input_root(tmp_path: Path) -> None:
+    """The relative path is the same whichever mount point the inputs are listed from."""
+    for mount in ("a", "b"):
+        day = tmp_path / mount / "logs" / "2026-06"
+        day.mkdir(parents=True)
+        (day / "01.jsonl").write_text("{}\n")
+        (day / "02.jsonl.gz").write_bytes(b"")
+    seen = {
+        mount: [
+            [s.relative for s in find_sources([str(tmp_path / mount / "logs" / pattern)])]
+            for pattern in ("*/*.jsonl*", "2026-06/*", "")
+        ]
+        for mount in ("a", "b")
+    }
+    assert seen["a"] == seen["b"]
+    both = ["2026-06/01.jsonl", "2026-06/02.jsonl.gz"]
+    assert seen["a"] == [both, ["01.jsonl", "02.jsonl.gz"], both]
+    [single] = find_sources([str(tmp_path / "a" / "logs" / "2026-06" / "01.jsonl")])
+    assert (single.relative, single.key) == (
+        "01.jsonl",
+        str((tmp_path / "a/logs/2026-06/01.jsonl").resolve()),
+    )
+
+
+def test_an_unknown_url_scheme_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="ftp:// inputs are not supported"):
+        find_sources(["ftp://host/logs/*.jsonl"])
+
+
+async def test_a_local_file_streams_its_bytes_from_an_offset(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 9000
+    (tmp_path / "f.bin").write_bytes(data)
+    [source] = find_sources([str(tmp_path / "f.bin")])
+    assert b"".join([c async for c in source.chunks(1000)]) == data[1000:]
