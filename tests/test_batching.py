@@ -98,7 +98,13 @@ def test_resume_plan_skips_acknowledged_ranges_and_keeps_ambiguous_boundaries() 
 
 def test_reader_problems_become_dead_letters_or_filtered() -> None:
     lines = [b'{"n":0}', b"", b"", b'{"n":3}']
-    block = Block(lines, 0, 0, 0, {1: Problem("too long", 5000, b"xxx"), 2: Problem(None, 7)})
+    block = Block(
+        lines,
+        0,
+        0,
+        0,
+        {1: Problem("too long", 5000, b"xxx"), 2: Problem("a drop rule", 7, filtered=True)},
+    )
     builder = BatchBuilder(1, "f", check, max_records=10, max_bytes=10_000)
     [batch] = builder.feed(block) + builder.finish()
     assert [(r.line, r.reason, r.raw) for r in batch.invalid] == [(1, "too long", b"xxx")]
