@@ -113,7 +113,9 @@ class Engine:
         """Runs one leg of the load and returns the report of the whole load."""
         settings = self.settings
         sources = find_sources(settings.inputs)
-        fingerprints = await asyncio.to_thread(lambda: [(s, _fingerprint(s)) for s in sources])
+        fingerprints = await asyncio.to_thread(
+            lambda: [(source, _fingerprint(source)) for source in sources]
+        )
         self._index = {source.key: i for i, source in enumerate(sources)}
         if settings.kind != "interactions" and settings.operation == "upload":
             id_field = KINDS[settings.kind].id_field
@@ -392,14 +394,14 @@ class Engine:
             raise InputUnreadable(f"cannot read {name}: {exc.strerror or exc}") from None
         for batch in builder.finish():
             await self._submit(batch)
-        await self._file_read(f, lines, "; ".join(builder.warnings) or None)
+        await self._finish_file(f, lines, "; ".join(builder.warnings) or None)
 
-    async def _file_read(self, f: FileState, lines: int, warning: str | None) -> None:
+    async def _finish_file(self, f: FileState, lines: int, warning: str | None) -> None:
         if lines == 0 and warning is None:
             warning = "empty file: no records"
         if warning:
             self._warn(f"{f.source.name}: {warning}")
-        await self._cp.mark_file_read(f.id, lines, warning)
+        await self._cp.mark_finish_file(f.id, lines, warning)
 
     def _leg_counts(self) -> tuple[int, int]:
         return (self.stats.requests, self.stats.retries)

@@ -67,7 +67,7 @@ def find_sources(inputs: list[str]) -> list[Source]:
             found.setdefault(source.key, source)
     if not found:
         raise UsageError("no input files (give files, directories or globs)")
-    return sorted(found.values(), key=lambda s: s.name)
+    return sorted(found.values(), key=lambda source: source.name)
 
 
 class Start(NamedTuple):

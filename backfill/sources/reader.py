@@ -190,10 +190,7 @@ async def read_blocks(
             lines = chunk.split(b"\n")
             carry = lines.pop()
             if lines and max(map(len, lines)) > max_line_bytes:
-                for i, text in enumerate(lines):
-                    if len(text) > max_line_bytes:
-                        problems[line_no + i] = Problem(too_long, len(text), text[:PREVIEW])
-                        lines[i] = b""
+                _set_aside(lines, line_no, max_line_bytes, too_long, problems)
             block = Block(lines, line_no, carry_offset, raw_pending, problems)
             if line_no == 0 and carry_offset == 0 and lines and lines[0].startswith(BOM):
                 lines[0] = lines[0][len(BOM) :]
@@ -208,10 +205,21 @@ async def read_blocks(
     failure = inflater.finish() if inflater else None
     if long_line:
         problems[line_no] = Problem(too_long, long_line, head)
-        yield Block([b""], line_no, carry_offset, raw_pending, problems, failure)
     elif carry and failure:
         reason = f"{failure}; this last line is incomplete"
         problems[line_no] = Problem(reason, len(carry), carry[:PREVIEW])
-        yield Block([b""], line_no, carry_offset, raw_pending, problems, failure)
     elif carry or failure or raw_pending:
         yield Block([carry] if carry else [], line_no, carry_offset, raw_pending, {}, failure)
+        return
+    if problems:
+        yield Block([b""], line_no, carry_offset, raw_pending, problems, failure)
+
+
+def _set_aside(
+    lines: list[bytes], first: int, most: int, reason: str, problems: dict[int, Problem]
+) -> None:
+    """Lines longer than `most` bytes become problems (their slot b"")."""
+    for i, text in enumerate(lines):
+        if len(text) > most:
+            problems[first + i] = Problem(reason, len(text), text[:PREVIEW])
+            lines[i] = b""
