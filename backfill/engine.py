@@ -401,7 +401,7 @@ class Engine:
             warning = "empty file: no records"
         if warning:
             self._warn(f"{f.source.name}: {warning}")
-        await self._cp.mark_finish_file(f.id, lines, warning)
+        await self._cp.mark_file_read(f.id, lines, warning)
 
     def _leg_counts(self) -> tuple[int, int]:
         return (self.stats.requests, self.stats.retries)
