@@ -124,8 +124,8 @@ class Engine:
             )
             self._transforms.append(CatalogMarks(self._catalog, self._source_index))
         await self._cp.connect(
-            fresh=self.settings.restart or self.settings.dry_run,  # the command has just reset it
-            dead_letter=self.settings.dead_letter_path,
+            fresh=settings.restart or settings.dry_run,  # the command has just reset it
+            dead_letter=settings.dead_letter_path,
         )
         try:
             return await self._run_leg(fingerprints)

@@ -41,7 +41,6 @@ __all__ = [
     "find_sources",
     "fingerprint",
     "open_blocks",
-    "read_blocks",
 ]
 
 # Finders of sources in other stores, by URL scheme ("s3", "gs"); each returns the sources
