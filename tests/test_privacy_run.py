@@ -118,8 +118,11 @@ async def test_users_and_interactions_hashed_with_the_same_key_join(
     tmp_path: Path, server: RunningServer
 ) -> None:
     users = [{"user_id": u, "city": "Taipei"} for u in ("ana@example.com", "bob@example.org")]
-    code, _, err, _ = await load(server, tmp_path, jsonl(tmp_path / "u.jsonl", users), kind="users")
+    code, _, err, report = await load(
+        server, tmp_path, jsonl(tmp_path / "u.jsonl", users), kind="users"
+    )
     assert code == 0, err
+    assert report["privacy"]["ids_hashed"] == 2  # once: the catalog's prescan reads raw ids
     code, _, err, _ = await load(server, tmp_path, jsonl(tmp_path / "e.jsonl", events()))
     assert code == 0, err
     user_ids = {r["user_id"] for r in stored(server, "users")}
