@@ -99,6 +99,16 @@ class LocalFile:
 SCHEMES: dict[str, Callable[[str], list[Source]]] = {}
 
 
+def _objects(url: str) -> list[Source]:
+    """Imported on first use: the cloud extra is optional, and slow to import."""
+    from backfill.sources_cloud import find_objects
+
+    return find_objects(url)
+
+
+SCHEMES.update(s3=_objects, gs=_objects)
+
+
 def find_sources(inputs: list[str]) -> list[Source]:
     """Every input's sources, local files in sorted path order; each source once."""
     found: dict[str, Source] = {}
