@@ -5,9 +5,11 @@ from __future__ import annotations
 import gzip
 import os
 import random
+import signal
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,12 @@ pytest.importorskip("obstore")
 pytest.importorskip("moto.server")
 
 from backfill.errors import InputUnreadable, UsageError
+from backfill.server import Faults, RunningServer
 from backfill.sources import LocalFile, find_sources
 from backfill.sources_cloud import ObjectSource, find_objects
+from tests.helpers import interaction, line, write_lines
 from tests.moto_s3 import SECRET, CuttingProxy, aws_env, boto, moto_subprocess
+from tests.test_resume import Runner, check_invariants
 
 
 @pytest.fixture(scope="session")
@@ -278,3 +283,108 @@ def test_the_cli_tells_a_missing_bucket_without_a_traceback(bucket: Any, tmp_pat
     assert proc.returncode == 2, proc.stderr
     assert "no such bucket s3://no-such-bucket-here" in proc.stderr
     assert "Traceback" not in proc.stderr and SECRET not in proc.stdout + proc.stderr
+
+
+# -- end to end: `backfill run` over objects (the engine reads through Source.chunks once the
+# blocks refactor lands; until then these fail, strictly, and the integrator flips them) ------
+
+THROUGH_SOURCE = pytest.mark.xfail(
+    strict=True, reason="engine reads through Source after the blocks refactor"
+)
+
+
+def upload_logs(bucket: Any, tmp_path: Path, files: int = 4, per_file: int = 2_500) -> Any:
+    """Day files (odd ones gzip) in the bucket under logs/; returns (pattern, origin)."""
+    origin: dict[bytes, tuple[str, int]] = {}
+    for f in range(files):
+        rows = [line(interaction(f * per_file + i)) for i in range(per_file)]
+        name = f"day-{f}.jsonl{'.gz' if f % 2 else ''}"
+        local = write_lines(tmp_path / "upload" / name, rows, gz=bool(f % 2))
+        put(bucket, f"logs/2026/{name}", local.read_bytes())
+        url = f"s3://{bucket.name}/logs/2026/{name}"
+        origin.update({r: (url, n + 1) for n, r in enumerate(rows)})
+    return f"s3://{bucket.name}/logs/*/day-*", origin
+
+
+def no_secret_in(*places: Path | str) -> None:
+    for place in places:
+        if isinstance(place, str):
+            assert SECRET not in place
+            continue
+        for path in [place] if place.is_file() else place.rglob("*"):
+            if path.is_file():
+                assert SECRET.encode() not in path.read_bytes(), path
+
+
+@THROUGH_SOURCE
+async def test_run_loads_objects_with_exact_counts(
+    bucket: Any, tmp_path: Path, server: RunningServer
+) -> None:
+    (tmp_path / "upload").mkdir()
+    pattern, origin = upload_logs(bucket, tmp_path)
+    runner = Runner(tmp_path, server, [pattern])
+    code, output = await runner.leg(None, 0)
+    assert code == 0, output
+    assert Counter(server.records("interactions")) == Counter(origin)
+    report = runner.final_report()
+    assert report["records_accepted"] == len(origin) == 10_000
+    no_secret_in(output, tmp_path / "state", runner.report)
+
+
+@THROUGH_SOURCE
+async def test_an_interrupted_run_over_objects_resumes(
+    bucket: Any, tmp_path: Path, server: RunningServer
+) -> None:
+    (tmp_path / "upload").mkdir()
+    pattern, origin = upload_logs(bucket, tmp_path)
+    server.set_faults(Faults(latency="0.03"))
+    runner = Runner(tmp_path, server, [pattern])
+    code, output = await runner.leg(signal.SIGKILL, 15)
+    assert code in (0, -signal.SIGKILL), output
+    code, output = await runner.leg(signal.SIGTERM, 10)
+    assert code in (0, 143), output
+    code, output = await runner.leg(None, 0)
+    assert code == 0, output
+    report = runner.final_report()
+    check_invariants(server, origin, report)
+    assert report["legs"] == 3
+    no_secret_in(output, tmp_path / "state", runner.report)
+
+
+@THROUGH_SOURCE
+async def test_a_changed_object_is_refused_unless_forced(
+    bucket: Any, tmp_path: Path, server: RunningServer
+) -> None:
+    (tmp_path / "upload").mkdir()
+    pattern, origin = upload_logs(bucket, tmp_path, files=2, per_file=500)
+    runner = Runner(tmp_path, server, [pattern])
+    code, output = await runner.leg(None, 0)
+    assert code == 0, output
+    assert Counter(server.records("interactions")) == Counter(origin)
+    extra = [line(interaction(10**6 + i)) for i in range(100)]
+    put(bucket, "logs/2026/day-9.jsonl", b"".join(x + b"\n" for x in extra))
+    code, output = await runner.leg(None, 0)  # a new object matching the glob: only it is read
+    assert code == 0, output
+    assert Counter(server.records("interactions")) == Counter([*origin, *extra])
+    changed = f"s3://{bucket.name}/logs/2026/day-0.jsonl"
+    put(bucket, "logs/2026/day-0.jsonl", line(interaction(2 * 10**6)) + b"\n")
+    code, output = await runner.leg(None, 0)
+    assert code == 2 and changed in output and "--force" in output, output
+    runner.cmd.append("--force")
+    code, output = await runner.leg(None, 0)
+    assert code == 0, output
+    assert line(interaction(2 * 10**6)) in server.records("interactions")
+
+
+@THROUGH_SOURCE
+async def test_local_and_s3_inputs_load_together(
+    bucket: Any, tmp_path: Path, server: RunningServer
+) -> None:
+    (tmp_path / "upload").mkdir()
+    pattern, origin = upload_logs(bucket, tmp_path, files=2, per_file=1_000)
+    local_rows = [line(interaction(5 * 10**5 + i)) for i in range(700)]
+    local = write_lines(tmp_path / "local.jsonl.gz", local_rows, gz=True)
+    runner = Runner(tmp_path, server, [str(local), pattern])
+    code, output = await runner.leg(None, 0)
+    assert code == 0, output
+    assert Counter(server.records("interactions")) == Counter([*origin, *local_rows])
