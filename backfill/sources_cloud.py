@@ -183,18 +183,26 @@ def _store(scheme: str, bucket: str) -> tuple[ObjectStore, bool]:
     try:
         if scheme == "gs":
             found = any(k.startswith("GOOGLE_") for k in os.environ)
-            return stores.GCSStore(bucket, retry_config=STORE_RETRY), found
+            http = _plain_http(os.environ.get("GOOGLE_BASE_URL"))
+            return stores.GCSStore(bucket, client_options=http, retry_config=STORE_RETRY), found
         config = _aws_profile()
         found = bool(config) or "AWS_ACCESS_KEY_ID" in os.environ
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        http = {"allow_http": True} if (endpoint or "").startswith("http://") else {}
+        http = _plain_http(endpoint)
         store = stores.S3Store(bucket, config=config, client_options=http, retry_config=STORE_RETRY)
         return store, found
     except _errors().BaseError as exc:
         raise UsageError(
             f"cannot open bucket {scheme}://{bucket}: {_first_line(exc)}; check the "
-            f"{'GOOGLE_*' if scheme == 'gs' else 'AWS_*'} environment variables"
+            + ("GOOGLE_APPLICATION_CREDENTIALS" if scheme == "gs" else "AWS_*")
+            + " variables"
         ) from None
+
+
+def _plain_http(endpoint: str | None) -> dict[str, bool]:
+    """obstore refuses http:// unless told; an endpoint the user set to http:// (MinIO, a
+    local server) is that telling, and no other connection is allowed plain."""
+    return {"allow_http": True} if (endpoint or "").startswith("http://") else {}
 
 
 def _aws_profile() -> dict[str, str]:

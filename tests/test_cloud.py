@@ -257,6 +257,39 @@ def test_a_bucket_name_with_a_wildcard_is_refused() -> None:
     assert "name a bucket (no wildcards in it)" in usage_error("s3://logs-*/a.jsonl")
 
 
+async def test_gs_objects_through_an_xml_api_endpoint(
+    bucket: Any, moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GCS shares the S3 XML API for listing and reading; moto serves it, anonymously, to a
+    GCS client pointed at it with GOOGLE_BASE_URL (keys without "/", which GCS escapes)."""
+    data = random.Random(5).randbytes(2 << 20)
+    name = f"g{uuid.uuid4().hex[:12]}"  # no "-": GCS escapes it, moto would not unescape it
+    bucket.create_bucket(Bucket=name)
+    for key in ("day-2.jsonl", "day-1.jsonl", "night-1.jsonl"):
+        bucket.put_object(Bucket=name, Key=key, Body=data, ACL="public-read")
+    monkeypatch.setenv("GOOGLE_BASE_URL", moto_url)
+    monkeypatch.setenv("GOOGLE_SKIP_SIGNATURE", "true")
+    found = find_sources([f"gs://{name}/day-*.jsonl"])
+    assert [(s.name, s.relative) for s in found] == [
+        (f"gs://{name}/day-1.jsonl", "day-1.jsonl"),
+        (f"gs://{name}/day-2.jsonl", "day-2.jsonl"),
+    ]
+    assert found[0].fingerprint().size == len(data)
+    assert await read(found[1], 777) == data[777:]
+
+
+def test_a_broken_gcs_credentials_file_is_named(
+    bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    message = usage_error("gs://acme-logs/events/*.jsonl.gz")
+    assert "cannot open bucket gs://acme-logs" in message and "missing.json" in message
+    assert "check the GOOGLE_APPLICATION_CREDENTIALS variables" in message
+    (tmp_path / "key.json").write_text('{"type": "service_account"}')
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
+    assert "Unable to decode service account file" in usage_error("gs://acme-logs/x.jsonl")
+
+
 def test_the_extra_is_imported_only_for_a_bucket_and_named_when_missing() -> None:
     script = (
         "import sys; sys.modules['obstore'] = None\n"
