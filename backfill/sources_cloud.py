@@ -215,8 +215,13 @@ def _aws_profile() -> dict[str, str]:
     settings = Path(os.environ.get("AWS_CONFIG_FILE", home / "config"))
     profile = os.environ.get("AWS_PROFILE", "default")
     keys, conf = configparser.ConfigParser(), configparser.ConfigParser()
-    keys.read(credentials)
-    conf.read(settings)
+    for parser, path in ((keys, credentials), (conf, settings)):
+        try:
+            parser.read(path)
+        except configparser.Error:  # its message quotes the line: perhaps a secret key
+            raise UsageError(
+                f"cannot parse {path} (AWS_PROFILE={profile}); check its format"
+            ) from None
     section = profile if profile == "default" else f"profile {profile}"
     creds = dict(keys[profile]) if keys.has_section(profile) else {}
     extra = dict(conf[section]) if conf.has_section(section) else {}

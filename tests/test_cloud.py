@@ -251,6 +251,9 @@ def test_a_profile_from_the_shared_files(
     assert [s.relative for s in find_sources([f"s3://{bucket.name}/logs/*"])] == ["a.jsonl"]
     monkeypatch.setenv("AWS_PROFILE", "nobody")
     assert "AWS_PROFILE=nobody is in neither" in usage_error(f"s3://{bucket.name}/logs/*")
+    creds.write_text(f"aws_secret_access_key = {SECRET}\n")  # no [section]: unparsable
+    message = usage_error(f"s3://{bucket.name}/logs/*")
+    assert f"cannot parse {creds} (AWS_PROFILE=nobody); check its format" in message
 
 
 def test_a_bucket_name_with_a_wildcard_is_refused() -> None:
