@@ -57,16 +57,8 @@ def find_objects(url: str) -> list[Source]:
         metas = [m for m in _list(store, root, where, has_credentials) if match(m["path"])]
         if not metas:
             raise UsageError(f"no object in bucket {where} matches {url!r}; check the key pattern")
-    else:  # one object, or a prefix read like a local directory
-        parent = pattern.rpartition("/")[0]
-        metas = [m for m in _list(store, parent, where, has_credentials)]
-        exact = [m for m in metas if m["path"] == pattern]
-        if exact:
-            root, metas = parent, exact
-        else:
-            root = pattern
-            below = [m for m in metas if m["path"].startswith(f"{pattern}/" if pattern else "")]
-            metas = [m for m in below if m["path"].endswith(DATA_SUFFIXES)]
+    else:
+        root, metas = _named(store, pattern, where, has_credentials)
         if not metas:
             raise UsageError(
                 f"no object found at {url!r} (bucket {where} has no data object there); "
@@ -86,6 +78,21 @@ def find_objects(url: str) -> list[Source]:
         )
         for m in metas
     ]
+
+
+def _named(store: ObjectStore, pattern: str, where: str, creds: bool) -> tuple[str, list[Any]]:
+    """A key without wildcards: that object (its root is its "directory"), or else every
+    data object below it, like a local directory. A HEAD first, as the directory it sits
+    in may hold millions of keys; any failure of it is told by the listing that follows."""
+    import obstore
+
+    if pattern:
+        try:
+            return pattern.rpartition("/")[0], [obstore.head(store, pattern)]
+        except _errors().any:
+            pass
+    below = _list(store, pattern, where, creds)
+    return pattern, [m for m in below if m["path"].endswith(DATA_SUFFIXES)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,14 +131,14 @@ class ObjectSource:
                     failures = 0
                     yield piece
                 return
-            except _errors().PreconditionError:
+            except _errors().precondition:
                 raise InputUnreadable(
                     f"{self.url} changed while it was being read; the next run refuses it "
                     "as changed (restore it, or resume with --force)"
                 ) from None
-            except _errors().NotFoundError:
+            except _errors().not_found:
                 raise InputUnreadable(f"{self.url} was deleted while it was being read") from None
-            except _errors().BaseError as exc:
+            except _errors().any as exc:
                 failures += 1
                 if failures > READ_RETRIES:
                     raise InputUnreadable(
@@ -170,10 +177,25 @@ def _obstore() -> Any:
     return obstore.store
 
 
-def _errors() -> Any:
-    import obstore.exceptions
+class _Errors:
+    """obstore's failures by kind. Some calls raise Python's own FileNotFoundError and
+    PermissionError instead of its NotFoundError and PermissionDeniedError: both count."""
 
-    return obstore.exceptions
+    def __init__(self) -> None:
+        from obstore import exceptions as e
+
+        self.precondition: type[BaseException] = e.PreconditionError
+        self.not_found: tuple[type[BaseException], ...] = (e.NotFoundError, FileNotFoundError)
+        self.denied: tuple[type[BaseException], ...] = (
+            e.PermissionDeniedError,
+            e.UnauthenticatedError,
+            PermissionError,
+        )
+        self.any: tuple[type[BaseException], ...] = (e.BaseError, *self.not_found, *self.denied)
+
+
+def _errors() -> _Errors:
+    return _Errors()
 
 
 def _store(scheme: str, bucket: str) -> tuple[ObjectStore, bool]:
@@ -191,7 +213,7 @@ def _store(scheme: str, bucket: str) -> tuple[ObjectStore, bool]:
         http = _plain_http(endpoint)
         store = stores.S3Store(bucket, config=config, client_options=http, retry_config=STORE_RETRY)
         return store, found
-    except _errors().BaseError as exc:
+    except _errors().any as exc:
         raise UsageError(
             f"cannot open bucket {scheme}://{bucket}: {_first_line(exc)}; check the "
             + ("GOOGLE_APPLICATION_CREDENTIALS" if scheme == "gs" else "AWS_*")
@@ -246,12 +268,12 @@ def _list(store: ObjectStore, prefix: str, where: str, has_credentials: bool) ->
     errors = _errors()
     try:
         return [m for chunk in obstore.list(store, prefix or None, chunk_size=1000) for m in chunk]
-    except errors.BaseError as exc:
+    except errors.any as exc:
         status = re.search(r"status code: (\d{3})", str(exc))
         code = status.group(1) if status else ""
-        if isinstance(exc, errors.NotFoundError) or code == "404":
+        if isinstance(exc, errors.not_found) or code == "404":
             raise UsageError(f"no such bucket {where}; check its name (and the region)") from None
-        if isinstance(exc, errors.PermissionDeniedError | errors.UnauthenticatedError) or code in (
+        if isinstance(exc, errors.denied) or code in (
             "401",
             "403",
         ):

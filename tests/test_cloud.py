@@ -168,6 +168,14 @@ async def test_an_object_rewritten_mid_read_is_unreadable(bucket: Any) -> None:
         await read(source)
 
 
+async def test_an_object_deleted_before_its_read_is_unreadable(bucket: Any) -> None:
+    put(bucket, "a.jsonl", b"x" * 1000)
+    source = find_objects(f"s3://{bucket.name}/a.jsonl")[0]
+    bucket.delete_object(Bucket=bucket.name, Key="a.jsonl")
+    with pytest.raises(InputUnreadable, match=r"a\.jsonl was deleted while it was being read"):
+        await read(source, 10)
+
+
 async def test_a_dropped_connection_is_resumed_from_the_offset_reached(
     bucket: Any, moto_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
