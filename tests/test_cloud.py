@@ -369,7 +369,7 @@ async def test_run_loads_objects_with_exact_counts(
     runner = Runner(tmp_path, server, [pattern])
     code, output = await runner.leg(None, 0)
     assert code == 0, output
-    assert Counter(server.records("interactions")) == Counter(origin)
+    assert Counter(server.records("interactions")) == Counter(list(origin))
     report = runner.final_report()
     assert report["records_accepted"] == len(origin) == 10_000
     no_secret_in(output, tmp_path / "state", runner.report)
@@ -404,7 +404,7 @@ async def test_a_changed_object_is_refused_unless_forced(
     runner = Runner(tmp_path, server, [pattern])
     code, output = await runner.leg(None, 0)
     assert code == 0, output
-    assert Counter(server.records("interactions")) == Counter(origin)
+    assert Counter(server.records("interactions")) == Counter(list(origin))
     extra = [line(interaction(10**6 + i)) for i in range(100)]
     put(bucket, "logs/2026/day-9.jsonl", b"".join(x + b"\n" for x in extra))
     code, output = await runner.leg(None, 0)  # a new object matching the glob: only it is read
