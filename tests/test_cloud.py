@@ -434,3 +434,26 @@ async def test_local_and_s3_inputs_load_together(
     code, output = await runner.leg(None, 0)
     assert code == 0, output
     assert Counter(server.records("interactions")) == Counter([*origin, *local_rows])
+
+
+@THROUGH_SOURCE
+async def test_a_connection_failing_mid_object_stops_resumably(
+    bucket: Any, tmp_path: Path, server: RunningServer, moto_url: str
+) -> None:
+    rows = [line(interaction(i)) for i in range(10_000)]  # about 1.5 MiB, plain
+    put(bucket, "logs/day-0.jsonl", b"".join(r + b"\n" for r in rows))
+    proxy = CuttingProxy(int(moto_url.rsplit(":", 1)[1]), after=64 << 10, cuts=1000)
+    runner = Runner(tmp_path, server, [f"s3://{bucket.name}/logs/*.jsonl"])
+    runner.env["AWS_ENDPOINT_URL"] = proxy.start()
+    try:
+        code, output = await runner.leg(None, 0)
+    finally:
+        proxy.stop()
+    assert code == 3, output
+    assert f"cannot read s3://{bucket.name}/logs/day-0.jsonl at byte" in output
+    assert "after 3 retries" in output and "Traceback" not in output
+    runner.env["AWS_ENDPOINT_URL"] = moto_url
+    code, output = await runner.leg(None, 0)
+    assert code == 0, output
+    assert Counter(server.records("interactions")) == Counter(rows)
+    no_secret_in(output, tmp_path / "state", runner.report)
