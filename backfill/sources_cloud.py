@@ -38,6 +38,12 @@ RETRY_DELAY = 0.5  # seconds, doubled at each re-open
 # wrong endpoint or missing bucket is told at start, not after minutes of backoff.
 STORE_RETRY: dict[str, Any] = {"max_retries": 2, "retry_timeout": timedelta(seconds=10)}
 MAGIC = re.compile(r"[*?\[]")
+AWS_CREDENTIAL_VARIABLES = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+}
 
 
 def find_objects(url: str) -> list[Source]:
@@ -208,7 +214,7 @@ def _store(scheme: str, bucket: str) -> tuple[ObjectStore, bool]:
             http = _plain_http(os.environ.get("GOOGLE_BASE_URL"))
             return stores.GCSStore(bucket, client_options=http, retry_config=STORE_RETRY), found
         config = _aws_profile()
-        found = bool(config) or "AWS_ACCESS_KEY_ID" in os.environ
+        found = bool(config) or bool(AWS_CREDENTIAL_VARIABLES & os.environ.keys())
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         http = _plain_http(endpoint)
         store = stores.S3Store(bucket, config=config, client_options=http, retry_config=STORE_RETRY)
