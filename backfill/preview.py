@@ -18,10 +18,10 @@ import asyncio
 import contextlib
 import shutil
 import textwrap
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import msgspec
 
@@ -29,7 +29,7 @@ from backfill.config import Settings, load_settings
 from backfill.errors import UsageError
 from backfill.mapping import MappingTransform, Observations, build_transform
 from backfill.schema import OUT_OF_WINDOW, RecordValidator
-from backfill.sources import Block, read_blocks
+from backfill.sources import START, Block, BlockTransform, LocalFile, Problem, Source, open_blocks
 
 EXIT_ALL_VALID: Final = 0
 EXIT_SOME_INVALID: Final = 1
@@ -71,70 +71,74 @@ def cmd_preview(args: argparse.Namespace) -> int:
     path = Path(args.input)
     if not path.is_file():
         raise UsageError(f"input not found: {path}")
-    shown = asyncio.run(preview(settings, path, args.records))
+    shown = asyncio.run(preview(settings, LocalFile.at(path), args.records))
     width = args.width or shutil.get_terminal_size((120, 24)).columns
     print(render(shown, settings, path, width))
     return EXIT_ALL_VALID if all(s.valid for s in shown) else EXIT_SOME_INVALID
 
 
-async def preview(settings: Settings, path: Path, limit: int) -> list[Shown]:
-    """The first `limit` records of `path` (not blank lines, not the CSV header)."""
+async def preview(settings: Settings, source: Source, limit: int) -> list[Shown]:
+    """The first `limit` records of `source` (not blank lines, not the CSV header)."""
     transform = build_transform(settings)
     validator = RecordValidator(settings.kind, settings.rules)
     seen = Observations()
     raw: dict[int, bytes] = {}
     shown: list[Shown] = []
-    reader = cast(
-        AsyncGenerator[Block, None],
-        read_blocks(path, max_line_bytes=settings.max_line_bytes),
-    )
-    remembered = _remember(reader, raw)
-    blocks = remembered
+    transforms: list[BlockTransform] = [_Remember(raw)]
     if transform is not None:
         assert isinstance(transform, MappingTransform)
-        blocks = cast(AsyncGenerator[Block, None], transform.blocks(path, remembered, seen))
-    async with (
-        contextlib.aclosing(reader),
-        contextlib.aclosing(remembered),
-        contextlib.aclosing(blocks),
-    ):
+        transforms.append(_Observed(transform, seen))
+    blocks = open_blocks(source, START, transforms, max_line_bytes=settings.max_line_bytes)
+    async with contextlib.aclosing(blocks):
         async for block in blocks:
             for slot, line in enumerate(block.lines):
                 index = block.first + slot
                 problem = block.problems.get(index)
                 if (not line or line.isspace()) and problem is None:
                     continue  # a blank line, as a run skips it
-                source = seen.sources.get(index, raw.get(index, b""))
-                shown.append(_verdict(index, source, line, problem, seen, validator))
+                source_text = seen.sources.get(index, raw.get(index, b""))
+                shown.append(_verdict(index, source_text, line, problem, validator))
                 if len(shown) >= limit:
                     return shown
     return shown
 
 
-async def _remember(
-    blocks: AsyncGenerator[Block, None], raw: dict[int, bytes]
-) -> AsyncGenerator[Block, None]:
+class _Remember:
     """Keeps each raw line, to show a source that could not be parsed."""
-    async for block in blocks:
-        for slot, line in enumerate(block.lines):
-            raw[block.first + slot] = line
-        for index, problem in block.problems.items():
-            raw[index] = problem.raw
-        yield block
+
+    def __init__(self, raw: dict[int, bytes]) -> None:
+        self.raw = raw
+
+    async def blocks(self, source: Source, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
+        raw = self.raw
+        async for block in blocks:
+            for slot, line in enumerate(block.lines):
+                raw[block.first + slot] = line
+            for index, problem in block.problems.items():
+                raw[index] = problem.raw
+            yield block
+
+
+class _Observed:
+    """The mapping, telling `seen` what each record was parsed from."""
+
+    def __init__(self, transform: MappingTransform, seen: Observations) -> None:
+        self.transform, self.seen = transform, seen
+
+    def blocks(self, source: Source, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
+        return self.transform.blocks(source, blocks, self.seen)
 
 
 def _verdict(
     index: int,
     source: Any,
     line: bytes,
-    problem: Any,
-    seen: Observations,
+    problem: Problem | None,
     validator: RecordValidator,
 ) -> Shown:
     line_no = index + 1
-    if problem is not None and problem.reason is None:
-        why = seen.dropped.get(index, "a drop rule")
-        return Shown(line_no, source, None, "left out", why, True)
+    if problem is not None and problem.filtered:
+        return Shown(line_no, source, None, "left out", problem.reason or "a drop rule", True)
     if problem is not None:
         return Shown(line_no, source, None, "dead letter", problem.reason, False)
     reason = validator.check(line)

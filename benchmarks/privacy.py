@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
@@ -26,7 +27,7 @@ from backfill.engine import Engine
 from backfill.generate import GenerateConfig, generate
 from backfill.privacy import HashKey, PrivacySettings, PrivacyTransform
 from backfill.schema import RecordValidator, Rules
-from backfill.sources import read_blocks
+from backfill.sources import START, BlockTransform, LocalFile, open_blocks
 
 TARGET = 0.7
 SETTINGS = PrivacySettings(hash_ids=["user_id", "anonymous_id"], truncate_ip=True, pii="redact")
@@ -38,16 +39,16 @@ async def _load(files: list[Path], privacy: bool) -> tuple[int, int, dict[str, A
     check = RecordValidator("interactions", Rules()).check
     step = PrivacyTransform(SETTINGS, HashKey(BENCH_KEY), "interactions") if privacy else None
     records = valid = 0
+    transforms: list[BlockTransform] = [step] if step is not None else []
     for path in files:
-        blocks = read_blocks(path)
-        if step is not None:
-            blocks = step.blocks(path, blocks)
-        async for block in blocks:
-            for line in block.lines:
-                if line:
-                    records += 1
-                    valid += check(line) is None
-            records += len(block.problems)
+        blocks = open_blocks(LocalFile.at(path), START, transforms)
+        async with contextlib.aclosing(blocks):
+            async for block in blocks:
+                for line in block.lines:
+                    if line:
+                        records += 1
+                        valid += check(line) is None
+                records += len(block.problems)
     return records, valid, step.counts.report() if step else {}
 
 
@@ -86,7 +87,7 @@ async def _engine_once(files: list[Path], state: Path, privacy: bool) -> dict[st
     engine = Engine(settings, Secret(""))
     step = PrivacyTransform(SETTINGS, HashKey(BENCH_KEY), "interactions") if privacy else None
     if step is not None:
-        engine._transform = step  # until the engine builds it from [privacy]
+        engine._transforms.append(step)  # until the engine builds it from [privacy]
     wall, cpu = time.perf_counter(), time.process_time()
     report = await engine.run()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

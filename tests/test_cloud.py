@@ -22,7 +22,7 @@ pytest.importorskip("moto.server")
 from backfill.errors import InputUnreadable, UsageError
 from backfill.server import Faults, RunningServer
 from backfill.sources import LocalFile, find_sources
-from backfill.sources_cloud import ObjectSource, find_objects
+from backfill.sources.cloud import ObjectSource, find_objects
 from tests.helpers import interaction, line, write_lines
 from tests.moto_s3 import SECRET, CuttingProxy, aws_env, boto, moto_subprocess
 from tests.test_resume import Runner, check_invariants
@@ -195,7 +195,7 @@ async def test_a_connection_that_keeps_dropping_is_a_resumable_stop(
     bucket: Any, moto_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     put(bucket, "blob.bin", random.Random(3).randbytes(4 << 20))
-    monkeypatch.setattr("backfill.sources_cloud.RETRY_DELAY", 0.01)
+    monkeypatch.setattr("backfill.sources.cloud.RETRY_DELAY", 0.01)
     proxy = CuttingProxy(int(moto_url.rsplit(":", 1)[1]), after=2000, cuts=1000)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.start())
     try:
@@ -329,12 +329,7 @@ def test_the_cli_tells_a_missing_bucket_without_a_traceback(bucket: Any, tmp_pat
     assert "Traceback" not in proc.stderr and SECRET not in proc.stdout + proc.stderr
 
 
-# -- end to end: `backfill run` over objects (the engine reads through Source.chunks once the
-# blocks refactor lands; until then these fail, strictly, and the integrator flips them) ------
-
-THROUGH_SOURCE = pytest.mark.xfail(
-    strict=True, reason="engine reads through Source after the blocks refactor"
-)
+# -- end to end: `backfill run` over objects, through the engine's open_blocks(source) ---------
 
 
 def upload_logs(bucket: Any, tmp_path: Path, files: int = 4, per_file: int = 2_500) -> Any:
@@ -360,7 +355,6 @@ def no_secret_in(*places: Path | str) -> None:
                 assert SECRET.encode() not in path.read_bytes(), path
 
 
-@THROUGH_SOURCE
 async def test_run_loads_objects_with_exact_counts(
     bucket: Any, tmp_path: Path, server: RunningServer
 ) -> None:
@@ -375,7 +369,6 @@ async def test_run_loads_objects_with_exact_counts(
     no_secret_in(output, tmp_path / "state", runner.report)
 
 
-@THROUGH_SOURCE
 async def test_an_interrupted_run_over_objects_resumes(
     bucket: Any, tmp_path: Path, server: RunningServer
 ) -> None:
@@ -395,7 +388,6 @@ async def test_an_interrupted_run_over_objects_resumes(
     no_secret_in(output, tmp_path / "state", runner.report)
 
 
-@THROUGH_SOURCE
 async def test_a_changed_object_is_refused_unless_forced(
     bucket: Any, tmp_path: Path, server: RunningServer
 ) -> None:
@@ -422,7 +414,6 @@ async def test_a_changed_object_is_refused_unless_forced(
     assert Counter(server.records("interactions")) == Counter([*origin, *extra, late])
 
 
-@THROUGH_SOURCE
 async def test_local_and_s3_inputs_load_together(
     bucket: Any, tmp_path: Path, server: RunningServer
 ) -> None:
@@ -436,7 +427,6 @@ async def test_local_and_s3_inputs_load_together(
     assert Counter(server.records("interactions")) == Counter([*origin, *local_rows])
 
 
-@THROUGH_SOURCE
 async def test_a_connection_failing_mid_object_stops_resumably(
     bucket: Any, tmp_path: Path, server: RunningServer, moto_url: str
 ) -> None:

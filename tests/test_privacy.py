@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import hmac
@@ -32,7 +33,7 @@ from backfill.privacy import (
     truncate_ip,
 )
 from backfill.schema import RecordValidator, Rules
-from backfill.sources import Block, Problem, read_blocks
+from backfill.sources import START, Block, LocalFile, Problem, open_blocks
 from benchmarks.privacy import compare, compare_engine, table
 from tests.helpers import interaction, line
 
@@ -143,8 +144,9 @@ def test_delete_ids_are_hashed_so_they_hit_the_hashed_records(tmp_path: Path) ->
         assert t is not None
 
         async def collect(t: PrivacyTransform = t, kind: Any = kind) -> list[bytes]:
-            blocks = IdLines(kind).blocks(ids, read_blocks(ids))
-            return [x async for b in t.blocks(ids, blocks) for x in b.lines]
+            blocks = open_blocks(LocalFile.at(ids), START, [IdLines(kind), t])
+            async with contextlib.aclosing(blocks):
+                return [x async for b in blocks for x in b.lines]
 
         lines = asyncio.run(collect())
         assert lines == [
@@ -444,7 +446,7 @@ def test_malformed_candidate_line_is_redacted_for_the_validator_to_dead_letter()
 # -- end to end on a real file --------------------------------------------------------------------
 
 
-def test_a_real_gzip_file_through_read_blocks_and_the_transform(tmp_path: Path) -> None:
+def test_a_real_gzip_file_through_open_blocks_and_the_transform(tmp_path: Path) -> None:
     records = [interaction(i, user=f"user{i % 7}@example.com") for i in range(3000)]
     for i in range(0, 3000, 100):
         records[i]["context"] = {"truncated_ip": f"10.1.{i % 250}.{i % 200 + 1}"}
@@ -457,7 +459,9 @@ def test_a_real_gzip_file_through_read_blocks_and_the_transform(tmp_path: Path) 
     assert t is not None
 
     async def collect() -> list[Block]:
-        return [b async for b in t.blocks(path, read_blocks(path, max_line_bytes=1 << 16))]
+        blocks = open_blocks(LocalFile.at(path), START, [t], max_line_bytes=1 << 16)
+        async with contextlib.aclosing(blocks):
+            return [b async for b in blocks]
 
     blocks = asyncio.run(collect())
     lines = [x for b in blocks for x in b.lines]

@@ -5,17 +5,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final, Literal
 
 import msgspec
 
 from backfill.errors import UsageError
 from backfill.privacy.detect import candidate_offsets, redact_text, scrub, truncate_ip
-from backfill.privacy.rewrite import IdFields, KeyRewriter, Swaps, Unusual, freeze, swap_value
+from backfill.privacy.rewrite import IdFields, KeyRewriter, Swaps, Unusual, swap_value
 from backfill.privacy.settings import HashKey, PiiMode, PrivacySettings, load_hash_key
 from backfill.schema import Kind
-from backfill.sources import PREVIEW, Block, Problem
+from backfill.sources import Block, Source
 
 HASHABLE: Final[dict[str, frozenset[str]]] = {
     "interactions": frozenset({"user_id", "anonymous_id"}),
@@ -101,13 +100,13 @@ class PrivacyTransform:
     def does_something(self) -> bool:
         return bool(self.fields) or self.truncate or self.pii != "off"
 
-    async def blocks(self, path: Path, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
+    async def blocks(self, source: Source, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
         async for block in blocks:
             self.apply(block)
             yield block
 
     def apply(self, block: Block) -> None:
-        """Rewrites the block in place (lines, raw_lengths, problems)."""
+        """Rewrites the block in place, through its methods (replace, reject)."""
         if self.delete:
             self._hash_bare_ids(block)
             return
@@ -124,8 +123,7 @@ class PrivacyTransform:
     def _rewrite(self, block: Block) -> None:
         """Ids and IPs, line by line: one msgspec decode of just those fields, then a bytes
         replace of `"field":value`; a value spelled another way (escapes) is re-encoded."""
-        freeze(block)
-        lines, decode = block.lines, self._decode_fields
+        lines, replace, decode = block.lines, block.replace, self._decode_fields
         hash_user, hash_anonymous, truncate = self._hash_user, self._hash_anonymous, self.truncate
         users, visitors, ips = self._user_swaps, self._anonymous_swaps, self._ip_swaps
         hashed = truncated = 0
@@ -151,7 +149,7 @@ class PrivacyTransform:
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, Unusual):
                 new = self._by_record(line)
             if new is not line:
-                lines[i] = new
+                replace(i, new)
         self.counts.ids_hashed += hashed
         self.counts.ips_truncated += truncated
 
@@ -206,13 +204,11 @@ class PrivacyTransform:
         that were loaded hashed."""
         if self.key is None:
             return
-        freeze(block)
-        lines = block.lines
-        for i, line in enumerate(lines):
+        for i, line in enumerate(block.lines):
             if len(line) >= 2 and line[0] == 34 and line[-1] == 34:  # '"'
                 hashed = self.key.hash_json(line[1:-1])
                 if hashed is not None and hashed != line[1:-1]:
-                    lines[i] = b'"%s"' % hashed
+                    block.replace(i, b'"%s"' % hashed)
                     self.counts.ids_hashed += 1
 
     # -- PII ------------------------------------------------------------------------------
@@ -239,15 +235,12 @@ class PrivacyTransform:
             found = [(kind, "(malformed line)") for kind in kinds]
             clean = None
             if kinds and redact:
-                freeze(block)
-                block.lines[slot] = text.encode("utf-8", "surrogateescape")
+                block.replace(slot, text.encode("utf-8", "surrogateescape"))
         if not found:
             return
         self.counts.findings.update(f"{kind}@{path}" for kind, path in found)
         if self.pii == "warn" or clean is None:
             return
-        freeze(block)
-        assert block.raw_lengths is not None
         where = ", ".join(sorted({f"{kind} in {path}" for kind, path in found}))
         in_id = sorted({path for _, path in found if path in ID_PATHS})
         if self.pii == "dead-letter" or in_id:
@@ -257,12 +250,10 @@ class PrivacyTransform:
                 if self.pii == "redact"
                 else f'personal data ({where}); [privacy] pii = "dead-letter" keeps it from Miso'
             )
-            preview = _encode(clean)[:PREVIEW]
-            block.problems[block.first + slot] = Problem(reason, block.raw_lengths[slot], preview)
-            block.lines[slot] = b""
+            block.reject(slot, reason, _encode(clean))
             self.counts.records_dead_lettered += 1
             return
-        block.lines[slot] = _encode(clean)
+        block.replace(slot, _encode(clean))
         self.counts.records_redacted += 1
 
     def _clean_problems(self, block: Block) -> None:

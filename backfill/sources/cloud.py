@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backfill.errors import InputUnreadable, UsageError
-from backfill.sources import CHUNK, DATA_SUFFIXES, Fingerprint, Source
+from backfill.sources.local import DATA_SUFFIXES
+from backfill.sources.source import CHUNK, Fingerprint, Source
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
