@@ -7,11 +7,13 @@
     source     the Source protocol a store implements (name, key, relative, fingerprint,
                chunks) and its Fingerprint
     local      local files, directories and globs (LocalFile)
+    cloud      s3:// and gs:// objects (ObjectSource, obstore: the optional cloud extra)
     reader     stored bytes -> blocks of lines (gzip, over-long lines, truncation)
     block      Block and Problem: the contract between the reader, transforms and batching
 
-Another store (s3://, gs://) registers a finder in SCHEMES; its sources then go through
-the same reader, checkpoint and shards without any caller knowing.
+Another store registers a finder in SCHEMES (s3:// and gs:// do, importing `cloud` on first
+use); its sources then go through the same reader, checkpoint and shards without any caller
+knowing.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ __all__ = [
 # Finders of sources in other stores, by URL scheme ("s3", "gs"); each returns the sources
 # that one input names, in sorted key order, or raises UsageError naming what to check.
 SCHEMES: dict[str, Callable[[str], list[Source]]] = {}
+
+
+def _objects(url: str) -> list[Source]:
+    """Imported on first use: the cloud extra is optional, and slow to import."""
+    from backfill.sources.cloud import find_objects
+
+    return find_objects(url)
+
+
+SCHEMES.update(s3=_objects, gs=_objects)
 
 
 def find_sources(inputs: list[str]) -> list[Source]:
