@@ -1,5 +1,6 @@
 """`make bench`: the engine against baselines and ceilings, plus memory, latency, resume,
-encoding, mapping and adaptive-concurrency sections; `BENCH_QUICK=1` for a CI-sized run.
+encoding, mapping, privacy, cloud-input and adaptive-concurrency sections; `BENCH_QUICK=1`
+for a CI-sized run.
 
 Prints each section as it finishes (Markdown tables read fine as text), then writes
 benchmarks/results/latest.json, latest.md, latency.png and memory.png. Progress goes to
@@ -12,7 +13,18 @@ import sys
 import time
 from collections.abc import Callable
 
-from benchmarks import adaptive, contenders, encoding, latency, mapped, memory, plots, resume
+from benchmarks import (
+    adaptive,
+    cloud,
+    contenders,
+    encoding,
+    latency,
+    mapped,
+    memory,
+    plots,
+    privacy,
+    resume,
+)
 from benchmarks.data import dataset
 from benchmarks.harness import RESULTS, BenchError, say
 from benchmarks.plan import Plan, current
@@ -75,6 +87,8 @@ def run(plan: Plan) -> list[Section]:
     _timed("encoding", "encoding", lambda: encoding.section(main, plan.encoding_records), sections)
     _timed("mapping", "mapping", lambda: mapped.section(plan.mapping_records), sections)
     _timed("adaptive", adaptive.TITLE, lambda: adaptive.engine_section(plan.quick), sections)
+    _timed("privacy", "privacy", lambda: privacy.section(plan.quick), sections)
+    _timed("cloud", "cloud inputs", lambda: cloud.section(main), sections)
     return sections
 
 
