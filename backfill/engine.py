@@ -51,7 +51,15 @@ from backfill.mapping import build_transform
 from backfill.progress import LegStats, Progress, plural, rehearsal_note
 from backfill.retry import RetryPolicy
 from backfill.schema import KINDS, RecordValidator
-from backfill.sources import BlockTransform, Fingerprint, discover, fingerprint, read_blocks
+from backfill.shards import owned_by
+from backfill.sources import (
+    BlockTransform,
+    Fingerprint,
+    LocalFile,
+    find_sources,
+    fingerprint,
+    read_blocks,
+)
 from backfill.targets import target_for
 
 log = logging.getLogger("backfill")
@@ -101,7 +109,10 @@ class Engine:
 
     async def run(self) -> dict[str, Any]:
         """Runs one leg of the load and returns the report of the whole load."""
-        paths = discover(self.s.inputs)
+        owned = owned_by(find_sources(self.s.inputs), self.s.shard)
+        paths = [s.path for s in owned if isinstance(s, LocalFile)]
+        if self.s.shard is not None and not paths:
+            print(self.s.shard.nothing_to_do, file=self.out)
         prints = await asyncio.to_thread(lambda: [(p, _fingerprint(p)) for p in paths])
         self._paths = {p: i for i, p in enumerate(paths)}
         if self.s.kind != "interactions" and self.s.operation == "upload":

@@ -1,0 +1,163 @@
+"""Scaling out: shards of one load on many machines, and worker processes on one machine.
+
+Real `backfill` processes against the embedded server on loopback; what reached the server
+is checked record by record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+from backfill.server import RunningServer
+from backfill.shards import Shard, owned_by, shard_of
+from backfill.sources import find_sources
+from tests.helpers import interaction, line, write_lines
+
+SHARDS = 4
+
+
+async def backfill(*args: str, key: str = "", env: dict[str, str] | None = None) -> tuple[int, str]:
+    """One `backfill` command: (exit code, stdout + stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "backfill", *args,
+        env={**os.environ, "MISO_API_KEY": key, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, (out + err).decode()
+
+
+def make_logs(root: Path, files: int, per_file: int) -> tuple[list[bytes], int]:
+    """`files` logs under root (two levels), each with one broken line: (valid lines, invalid)."""
+    good: list[bytes] = []
+    for f in range(files):
+        rows = [line(interaction(f * per_file + i)) for i in range(per_file)]
+        good += rows
+        path = root / f"month-{f % 3}" / f"day-{f:02d}.jsonl{'.gz' if f % 2 else ''}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_lines(path, [*rows[:5], b'{"broken": true', *rows[5:]], gz=bool(f % 2))
+    return good, files
+
+
+def run_args(server: RunningServer, state: Path, *inputs: str) -> list[str]:
+    return [
+        "run", *inputs, "--endpoint", server.url, "--state-dir", str(state),
+        "--batch-size", "50", "--progress", "off", "--backoff-initial", "0.01",
+    ]  # fmt: skip
+
+
+async def test_four_shards_at_once_on_one_state_root_deliver_every_record_once(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    good, invalid = make_logs(tmp_path / "logs", files=12, per_file=120)
+    state = tmp_path / "state"
+    args = run_args(server, state, str(tmp_path / "logs"))
+    legs = [
+        backfill(*args, "--shard", f"{i}/{SHARDS}", "--report", str(tmp_path / f"r{i}.json"),
+                 key=server.secret_key)
+        for i in range(SHARDS)
+    ]  # fmt: skip
+    for code, out in await asyncio.gather(*legs):
+        assert code == 0, out
+    stored = Counter(server.records("interactions"))
+    assert set(stored) == set(good) and max(stored.values()) == 1
+    reports = [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(SHARDS)]
+    assert sum(r["files"] for r in reports) == 12
+    assert sum(r["records_accepted"] for r in reports) == len(good)
+    assert all(r["state_dir"] == str(state / f"shard-0{i}-of-04") for i, r in enumerate(reports))
+    for i in range(SHARDS):  # each shard's dead letters are its own
+        dead = (state / f"shard-0{i}-of-04" / "dead-letter.jsonl").read_text().splitlines()
+        assert len(dead) == reports[i]["records_invalid"] == reports[i]["files"]
+
+    code, out = await backfill("status", "--state-dir", str(state), "--json")
+    assert code == 0, out
+    status = json.loads(out)
+    assert [s["name"] for s in status["shards"]] == [f"shard-0{i}-of-04" for i in range(4)]
+    assert status["records_read"] == len(good) + invalid
+    assert (status["records_accepted"], status["records_invalid"]) == (len(good), invalid)
+    assert (status["files"], status["files_done"], status["status"]) == (12, 12, "completed")
+    assert status["possibly_duplicated"] == 0 and status["exit_code"] == 0
+    for shard, report in zip(status["shards"], reports, strict=True):
+        assert shard["records_accepted"] == report["records_accepted"]
+        assert shard["records_read"] == report["records_read"]
+    code, text = await backfill("status", "--state-dir", str(state))
+    assert code == 0, text
+    assert f"state root:         {state} (4 checkpoints)" in text
+    total = f"total:          completed; files 12 done of 12; read {len(good) + invalid:,}, "
+    assert total + f"accepted {len(good):,}, invalid 12, rejected 0" in text
+    for i, r in enumerate(reports):
+        assert f"shard-0{i}-of-04: completed; files {r['files']} done of {r['files']}" in text
+
+
+async def test_a_shard_without_files_completes_and_says_so(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    make_logs(tmp_path / "logs", files=3, per_file=10)
+    owners = {shard_of(s.relative, 16) for s in find_sources([str(tmp_path / "logs")])}
+    idle = min(set(range(16)) - owners)
+    args = run_args(server, tmp_path / "state", str(tmp_path / "logs"))
+    code, out = await backfill(*args, "--shard", f"{idle}/16", key=server.secret_key)
+    assert code == 0, out
+    assert f"shard {idle}/16: no input file belongs to this shard; nothing to do" in out
+    assert server.records("interactions") == []
+
+
+def test_the_shard_of_a_file_is_the_same_from_two_mount_points(tmp_path: Path) -> None:
+    make_logs(tmp_path / "a" / "logs", files=12, per_file=3)
+    shutil.copytree(tmp_path / "a" / "logs", tmp_path / "b" / "mnt" / "data")
+    (tmp_path / "c").symlink_to(tmp_path / "a" / "logs")
+    views = [
+        [str(tmp_path / "a" / "logs")],
+        [str(tmp_path / "b" / "mnt" / "data" / "*" / "*.jsonl*")],
+        [str(tmp_path / "c")],
+    ]
+    for index in range(SHARDS):
+        owned = [sorted(s.relative for s in owned_by(find_sources(v), Shard(index, SHARDS)))
+                 for v in views]  # fmt: skip
+        assert owned[0] and owned[0] == owned[1] == owned[2]
+    everyone = [s.relative for s in find_sources(views[0])]
+    shards = [owned_by(find_sources(views[0]), Shard(i, SHARDS)) for i in range(SHARDS)]
+    assert sorted(s.relative for part in shards for s in part) == sorted(everyone)
+    # a new file moves no other file to another shard
+    write_lines(tmp_path / "a" / "logs" / "month-0" / "new.jsonl", [b"{}"])
+    again = [owned_by(find_sources(views[0]), Shard(i, SHARDS)) for i in range(SHARDS)]
+    for before, after in zip(shards, again, strict=True):
+        assert {s.relative for s in before} <= {s.relative for s in after}
+
+
+async def test_the_shard_index_comes_from_the_scheduler_or_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    make_logs(tmp_path / "logs", files=2, per_file=5)
+    state = tmp_path / "state"
+    base = ["run", str(tmp_path / "logs"), "--state-dir", str(state), "--dry-run",
+            "--progress", "off"]  # fmt: skip
+    clean = {"JOB_COMPLETION_INDEX": "", "AWS_BATCH_JOB_ARRAY_INDEX": "",
+             "SLURM_ARRAY_TASK_ID": "", "SLURM_ARRAY_TASK_MIN": ""}  # fmt: skip
+    cases: list[tuple[dict[str, str], str]] = [
+        ({"JOB_COMPLETION_INDEX": "1"}, "shard-01-of-04"),
+        ({"AWS_BATCH_JOB_ARRAY_INDEX": "2"}, "shard-02-of-04"),
+        ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "4"}, "shard-03-of-04"),
+    ]
+    for env, name in cases:
+        code, out = await backfill(*base, "--shard", "4", env={**clean, **env})
+        assert code == 0, out
+        assert (state / name / "dry-run" / "checkpoint.sqlite").is_file()
+    errors: list[tuple[list[str], dict[str, str], str]] = [
+        (["--shard", "4"], {}, "none of $JOB_COMPLETION_INDEX, $AWS_BATCH_JOB_ARRAY_INDEX"),
+        (["--shard", "4"], {"JOB_COMPLETION_INDEX": "4"}, "the shard index 4 is out of range"),
+        (["--shard", "4/4"], {}, "shards are numbered 0 to 3"),
+        (["--shard=-1/4"], {}, "the shard index -1 is out of range"),
+        (["--shard", "x/4"], {}, "expected I/N or N (e.g. 3/16 or 16), got 'x/4'"),
+        (["--shard", "0/0"], {}, "the number of shards must be at least 1, got 0"),
+    ]
+    before = sorted(p.name for p in state.iterdir())
+    for flags, env, said in errors:
+        code, out = await backfill(*base, *flags, env={**clean, **env})
+        assert code == 2 and said in out and "Traceback" not in out, out
+    assert sorted(p.name for p in state.iterdir()) == before
