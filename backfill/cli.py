@@ -27,6 +27,7 @@ from backfill.config import KEY_FILE_HELP, Settings, default_help, load_secret, 
 from backfill.engine import Engine
 from backfill.errors import EXIT_NEEDS_USER, EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
 from backfill.maintenance import read_ids
+from backfill.parallel import ParallelEngine
 from backfill.progress import render_report, write_report
 from backfill.shards import Shard, parse_shard
 from backfill.state import REHEARSAL_DIRS, reset_state, status_text
@@ -202,7 +203,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _confirm_restart(settings)
         reset_state(settings)
     secret = load_secret(settings)
-    engine = Engine(settings, secret, command=resume_command(args.argv))
+    if settings.processes > 1:
+        engine: Engine = ParallelEngine(settings, secret, command=resume_command(args.argv))
+    else:
+        engine = Engine(settings, secret, command=resume_command(args.argv))
     return _finish(settings, _run_async(engine.run()))
 
 
