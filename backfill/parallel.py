@@ -38,13 +38,13 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
-import queue
 import signal
 import sys
 import threading
+from collections import deque
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -130,6 +130,7 @@ class ParallelEngine(Engine):
         super().__init__(settings, secret, command=command, out=out)
         self._suppress: set[tuple[str, int]] = set()
         self._procs: list[BaseProcess] = []
+        self._conns: list[Connection] = []
         self._latest: dict[int, tuple[int, ...]] = {}
         self._base = LegStats()
         self._signalled = 0
@@ -147,77 +148,82 @@ class ParallelEngine(Engine):
                 file=self.out,
             )
         ctx = multiprocessing.get_context("spawn")
-        tasks: Queue[int | None] = ctx.Queue()
-        results: Queue[tuple[Any, ...]] = ctx.Queue()
         self._base.bytes_done = self.stats.bytes_done
         for k, settings in enumerate(worker_settings(self.s, processes)):
             job = Job(k, os.getpid(), settings, self.secret, files, self._cp.leg, self._suppress)
-            proc: BaseProcess = ctx.Process(
-                target=work, args=(job, tasks, results), name=f"backfill-{k}"
-            )
+            ours, theirs = ctx.Pipe()
+            proc: BaseProcess = ctx.Process(target=work, args=(job, theirs), name=f"backfill-{k}")
             proc.start()
+            theirs.close()  # so that a worker's death reads as the end of its pipe
             self._procs.append(proc)
+            self._conns.append(ours)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._forward, sig)
         try:
-            await self._supervise(files, tasks, results)
+            await self._supervise(deque(i for i, f in enumerate(files) if not f.done))
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             for proc in self._procs:
                 await asyncio.to_thread(proc.join, 5)
-                if proc.is_alive():  # never: a worker ends once its queue ends
+                if proc.is_alive():  # never: a worker ends once it said it is done
                     proc.kill()
+            for conn in self._conns:
+                conn.close()
 
-    async def _supervise(
-        self, files: list[FileState], tasks: Queue[int | None], results: Queue[tuple[Any, ...]]
-    ) -> None:
-        """Hands out the files once every worker is ready, then sums what they report."""
+    async def _supervise(self, pending: deque[int]) -> None:
+        """Answers each worker's "next file?" (once every worker is ready: all have opened
+        the dead-letter file) and sums the counters they report, until all have ended."""
         progress = Progress(self.stats, self.s.progress, self.s.progress_interval, self.out)
-        ready, finished = 0, set[int]()
+        live = dict(enumerate(self._conns))
+        ready, asking = set[int](), list[int]()
         shown = asyncio.get_running_loop().time()
-        while len(finished) < len(self._procs):
-            try:
-                what, k, value = await asyncio.to_thread(results.get, True, REPORT_EVERY)
-            except queue.Empty:
-                finished |= self._lost_workers(finished)
-                what = ""
-            if what == "ready":
-                ready += 1
-                if ready == len(self._procs):
-                    for i, f in enumerate(files):
-                        if not f.done:
-                            tasks.put(i)
-                    for _ in self._procs:
-                        tasks.put(None)
-            elif what in ("counters", "done"):
-                self._latest[k] = value if what == "counters" else value[2]
-                self._add_up()
-            if what == "done":
-                finished.add(k)
-                self._worker_ended(int(value[0]), value[1])
+        while live:
+            readable = await asyncio.to_thread(wait, list(live.values()), REPORT_EVERY)
+            for k, conn in list(live.items()):
+                if conn not in readable:
+                    continue
+                try:
+                    what, value = conn.recv()
+                except (EOFError, OSError):  # died without a word: killed, out of memory
+                    del live[k]
+                    self._worker_ended(EXIT_NEEDS_USER, f"worker process {k} died ({self._how(k)})")
+                    ready.add(k)
+                    continue
+                if what == "ready":
+                    ready.add(k)
+                elif what == "next":
+                    asking.append(k)
+                elif what in ("counters", "done"):
+                    self._latest[k] = value if what == "counters" else value[2]
+                    self._add_up()
+                if what == "done":
+                    del live[k]
+                    ready.add(k)
+                    self._worker_ended(int(value[0]), value[1])
+            if len(ready) == len(self._conns):
+                for k in asking:
+                    if k in live:
+                        live[k].send(pending.popleft() if pending else None)
+                asking.clear()
             now = asyncio.get_running_loop().time()
             if now - shown >= progress.interval:
                 progress.show()
                 shown = now
         progress.done()
 
+    def _how(self, k: int) -> str:
+        self._procs[k].join(1)
+        code = self._procs[k].exitcode
+        return (
+            "still running" if code is None else f"signal {-code}" if code < 0 else f"exit {code}"
+        )
+
     def _add_up(self) -> None:
         for n, name in enumerate(COUNTERS):
             total = sum(c[n] for c in self._latest.values())
             setattr(self.stats, name, getattr(self._base, name) + total)
-
-    def _lost_workers(self, finished: set[int]) -> set[int]:
-        """Workers that ended without a word (killed, out of memory): their batches in
-        flight stay in flight in the checkpoint, ambiguous on resume."""
-        lost = set()
-        for k, proc in enumerate(self._procs):
-            if k not in finished and proc.exitcode is not None:
-                lost.add(k)
-                how = f"signal {-proc.exitcode}" if proc.exitcode < 0 else f"exit {proc.exitcode}"
-                self._worker_ended(EXIT_NEEDS_USER, f"worker process {k} died ({how})")
-        return lost
 
     def _worker_ended(self, code: int, error: str | None) -> None:
         if severity(code) > severity(self.exit_code):
@@ -252,12 +258,13 @@ class SharedCheckpoint(Checkpoint):
 
 
 class WorkerEngine(Engine):
-    """One worker: the ordinary pipeline, fed one file at a time from the parent's queue."""
+    """One worker: the ordinary pipeline, fed one file at a time by the parent."""
 
-    def __init__(self, job: Job, tasks: Queue[int | None]) -> None:
+    def __init__(self, job: Job, conn: Connection) -> None:
         super().__init__(job.settings, job.secret, out=open(os.devnull, "w"))  # noqa: SIM115
         self.job = job
-        self._tasks = tasks
+        self._conn = conn
+        self._sending = threading.Lock()  # the pipe is written from two threads
         self._shared = SharedCheckpoint(Path(job.settings.state_dir))
         self._cp = self._shared
         self.early_signal = 0  # a signal before the pipeline took over the handling
@@ -267,7 +274,11 @@ class WorkerEngine(Engine):
             EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
         )
 
-    async def work(self, ready: Any) -> tuple[int, str | None]:
+    def say(self, what: str, value: Any = None) -> None:
+        with self._sending:
+            self._conn.send((what, value))
+
+    async def work(self) -> tuple[int, str | None]:
         paths = [f.path for f in self.job.files]
         self._paths = {p: i for i, p in enumerate(paths)}
         try:
@@ -281,7 +292,7 @@ class WorkerEngine(Engine):
         except BackfillError as exc:
             await self._cp.close()
             return exc.exit_code, self.secret.redact(str(exc))
-        ready()
+        self.say("ready")
         if self.early_signal:  # before the pipeline's own handling: stop as it would
             return self.early_signal, "interrupted before loading anything"
         try:
@@ -292,6 +303,13 @@ class WorkerEngine(Engine):
             self._dlq.close()
             await self._cp.close()
         return self.exit_code, self.error
+
+    async def _pipeline(self, files: list[FileState]) -> None:
+        try:
+            await super()._pipeline(files)
+        finally:  # the pipeline's handlers are gone: a late signal must not kill us mid-word
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self.on_early_signal)
 
     async def _read(self, files: list[FileState]) -> None:
         try:
@@ -306,11 +324,17 @@ class WorkerEngine(Engine):
             await self._queue.put(None)
 
     def _next_file(self) -> int | None:
-        """The next file's index; None once the queue ends or this worker stops."""
-        while not self._stopping:
-            with contextlib.suppress(queue.Empty):
-                return self._tasks.get(True, REPORT_EVERY)
+        """The next file's index from the parent; None once there is none or we stop."""
+        self.say("next")  # when stopping, the answer is dropped with the leg's other work
+        while not self.stopping:
+            if self._conn.poll(REPORT_EVERY):
+                index: int | None = self._conn.recv()
+                return index
         return None
+
+    @property
+    def stopping(self) -> bool:  # read on the reader's thread while the loop sets it
+        return self._stopping
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -321,34 +345,30 @@ class WorkerEngine(Engine):
         return tuple(getattr(self.stats, name) for name in COUNTERS)
 
 
-def work(job: Job, tasks: Queue[int | None], results: Queue[tuple[Any, ...]]) -> None:
+def work(job: Job, conn: Connection) -> None:
     """A worker process's life: die with the parent, load files, report the outcome."""
     os.setpgid(0, 0)  # signals come from the parent only
     _die_with_parent(job.parent)
-    engine = WorkerEngine(job, tasks)
+    engine = WorkerEngine(job, conn)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, engine.on_early_signal)
     stop = threading.Event()
-    reporter = threading.Thread(
-        target=_report_counters, args=(engine, job, results, stop), daemon=True
-    )
+    reporter = threading.Thread(target=_report_counters, args=(engine, job, stop), daemon=True)
     reporter.start()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        code, error = runner.run(engine.work(lambda: results.put(("ready", job.k, None))))
+        code, error = runner.run(engine.work())
     stop.set()
     reporter.join()
-    results.put(("done", job.k, (code, error, engine.counters())))
-    results.close()
-    results.join_thread()
+    engine.say("done", (code, error, engine.counters()))
+    conn.close()
 
 
-def _report_counters(
-    engine: WorkerEngine, job: Job, results: Queue[tuple[Any, ...]], stop: threading.Event
-) -> None:
+def _report_counters(engine: WorkerEngine, job: Job, stop: threading.Event) -> None:
     while not stop.wait(REPORT_EVERY):
         if os.getppid() != job.parent:  # the parent is gone: nobody would account for us
             os.kill(os.getpid(), signal.SIGKILL)
-        results.put(("counters", job.k, engine.counters()))
+        with contextlib.suppress(OSError):
+            engine.say("counters", engine.counters())
 
 
 def _die_with_parent(parent: int) -> None:

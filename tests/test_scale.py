@@ -6,17 +6,23 @@ is checked record by record."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
 
-from backfill.server import RunningServer
+import pytest
+
+from backfill.server import Faults, RunningServer
 from backfill.shards import Shard, owned_by, shard_of
 from backfill.sources import find_sources
 from tests.helpers import interaction, line, write_lines
+from tests.test_resume import check_invariants, make_inputs
 
 SHARDS = 4
 
@@ -161,3 +167,158 @@ async def test_the_shard_index_comes_from_the_scheduler_or_is_a_usage_error(
         code, out = await backfill(*base, *flags, env={**clean, **env})
         assert code == 2 and said in out and "Traceback" not in out, out
     assert sorted(p.name for p in state.iterdir()) == before
+
+
+# -- worker processes on one machine ------------------------------------------------------
+
+
+def workers_of(pid: int) -> list[int]:
+    """The worker processes a `backfill run --processes N` has spawned."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+class Load:
+    """`backfill run` over make_inputs' files (4 files x 2,500 records), with a report."""
+
+    def __init__(self, tmp_path: Path, server: RunningServer) -> None:
+        self.inputs, self.origin = make_inputs(tmp_path)
+        self.report = tmp_path / "report.json"
+        self.args = [*run_args(server, tmp_path / "state", *self.inputs), "--batch-size", "250",
+                     "--concurrency", "4", "--report", str(self.report)]  # fmt: skip
+        self.server = server
+
+    async def start(self, *extra: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "backfill", *self.args, *extra,
+            env={**os.environ, "MISO_API_KEY": self.server.secret_key},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+
+    async def received(self) -> int:
+        return int((await self.server.stats())["requests"]["received"])
+
+    async def until_received(self, proc: asyncio.subprocess.Process, requests: int) -> None:
+        while await self.received() < requests:
+            assert proc.returncode is None, "the leg ended before the signal"
+            await asyncio.sleep(0.005)
+
+    async def finish(self, proc: asyncio.subprocess.Process) -> tuple[int, str]:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        return proc.returncode or 0, (out + err).decode()
+
+
+@pytest.mark.parametrize("target", ["parent", "group"])
+async def test_processes_killed_then_resumed_with_one_process_lose_nothing(
+    tmp_path: Path, server: RunningServer, target: str
+) -> None:
+    load = Load(tmp_path, server)
+    server.set_faults(Faults(latency="0.05"))
+    proc = await load.start("--processes", "2")
+    await load.until_received(proc, 10)
+    workers = workers_of(proc.pid)
+    assert len(workers) == 2
+    if target == "parent":
+        os.kill(proc.pid, signal.SIGKILL)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+    code, output = await load.finish(proc)
+    assert code == -signal.SIGKILL, output
+    for _ in range(500):  # the workers notice within a few seconds (at once on Linux)
+        if not any(alive(w) for w in workers):
+            break
+        await asyncio.sleep(0.01)
+    assert not any(alive(w) for w in workers)
+    sent = await load.received()
+    await asyncio.sleep(0.5)
+    assert await load.received() == sent, "a worker kept sending after its parent died"
+
+    server.set_faults(Faults())
+    code, output = await load.finish(await load.start("--processes", "1"))
+    assert code == 0, output
+    report = json.loads(load.report.read_text())
+    check_invariants(server, load.origin, report)
+    assert report["legs"] == 2 and report["files"] == 4
+
+
+async def test_processes_drain_on_sigterm_and_resume_with_another_number(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    load = Load(tmp_path, server)
+    server.set_faults(Faults(latency="0.05"))
+    proc = await load.start("--processes", "2", "--progress", "log", "--progress-interval", "0.1")
+    await load.until_received(proc, 12)
+    proc.send_signal(signal.SIGTERM)
+    code, output = await load.finish(proc)
+    assert code == 143, output
+    assert output.count("SIGTERM: stopping every worker") == 1
+    assert output.count("progress:") >= 1 and output.count("backfill interrupted") == 1
+    first = json.loads(load.report.read_text())
+    assert first["status"] == "interrupted" and first["ambiguous_batches"] == []
+    assert 0 < first["records_accepted"] < len(load.origin)
+    assert Counter(server.records("interactions")).most_common(1)[0][1] == 1
+
+    server.set_faults(Faults())
+    code, output = await load.finish(await load.start("--processes", "3"))
+    assert code == 0, output
+    report = json.loads(load.report.read_text())
+    assert set(report) == set(first) - {"resume_command"}
+    stored = Counter(server.records("interactions"))
+    assert set(stored) == set(load.origin) and max(stored.values()) == 1
+    assert report["records_accepted"] == report["records_read"] == len(load.origin)
+    assert report["possibly_duplicated"] == 0 and report["legs"] == 2
+    assert report["this_leg"]["records_accepted"] == len(load.origin) - first["records_accepted"]
+
+
+async def test_the_worst_exit_code_of_any_worker_is_the_commands(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    load = Load(tmp_path, server)
+    server.set_faults(Faults(fail_first=1, fail_status=401))
+    code, output = await load.finish(await load.start("--processes", "2"))
+    assert code == 3, output
+    report = json.loads(load.report.read_text())
+    assert (report["status"] == "stopped" and "401" in (report["error"] or "")) or "key" in (
+        report["error"] or ""
+    )
+    server.set_faults(Faults())
+    code, output = await load.finish(await load.start("--processes", "2"))
+    assert code == 0, output
+    check_invariants(server, load.origin, json.loads(load.report.read_text()))
+
+
+async def test_a_worker_killed_alone_stops_the_load_which_resumes_exactly(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    load = Load(tmp_path, server)
+    server.set_faults(Faults(latency="0.05"))
+    proc = await load.start("--processes", "2")
+    await load.until_received(proc, 10)
+    victim = min(workers_of(proc.pid))
+    os.kill(victim, signal.SIGKILL)
+    code, output = await load.finish(proc)
+    assert code == 3, output
+    report = json.loads(load.report.read_text())
+    assert report["status"] == "stopped"
+    assert re.fullmatch(r"worker process [01] died \(signal 9\)", report["error"]), report["error"]
+
+    server.set_faults(Faults())
+    code, output = await load.finish(await load.start())
+    assert code == 0, output
+    check_invariants(server, load.origin, json.loads(load.report.read_text()))
