@@ -284,6 +284,11 @@ async def test_processes_drain_on_sigterm_and_resume_with_another_number(
     assert report["records_accepted"] == report["records_read"] == len(load.origin)
     assert report["possibly_duplicated"] == 0 and report["legs"] == 2
     assert report["this_leg"]["records_accepted"] == len(load.origin) - first["records_accepted"]
+    code, out = await backfill("status", "--state-dir", str(tmp_path / "state"), "--json")
+    assert code == 0, out
+    status = json.loads(out)  # --processes keeps one checkpoint: a plain state dir
+    assert (status["records_accepted"], status["legs"], status["shards"]) == (10_000, 2, [])
+    assert (status["files_done"], status["status"], status["exit_code"]) == (4, "completed", 0)
 
 
 async def test_the_worst_exit_code_of_any_worker_is_the_commands(
