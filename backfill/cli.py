@@ -301,7 +301,8 @@ def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "status",
         help="what a checkpoint holds, and how to continue",
         description="Print what the checkpoint of a state dir holds: files done and partly "
-        "done, records acknowledged, and the command that continues the load. Reads only.",
+        "done, records acknowledged, and the command that continues the load; for a state root "
+        "shared by shards (--shard), each shard's checkpoint and the total. Reads only.",
     )
     p.add_argument(
         "--state-dir",

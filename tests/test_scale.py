@@ -326,3 +326,25 @@ async def test_a_worker_killed_alone_stops_the_load_which_resumes_exactly(
     code, output = await load.finish(await load.start())
     assert code == 0, output
     check_invariants(server, load.origin, json.loads(load.report.read_text()))
+
+
+async def test_processes_share_one_dead_letter_file_entry_by_entry(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    good, invalid = make_logs(tmp_path / "logs", files=12, per_file=200)
+    state = tmp_path / "state"
+    report_file = tmp_path / "report.json"
+    args = run_args(server, state, str(tmp_path / "logs"))
+    code, out = await backfill(
+        *args, "--processes", "3", "--report", str(report_file), key=server.secret_key
+    )
+    assert code == 0, out
+    stored = Counter(server.records("interactions"))
+    assert set(stored) == set(good) and max(stored.values()) == 1
+    report = json.loads(report_file.read_text())
+    assert (report["records_read"], report["records_invalid"]) == (len(good) + invalid, invalid)
+    assert report["records_accepted"] == len(good) and report["files"] == 12
+    entries = [json.loads(x) for x in (state / "dead-letter.jsonl").read_text().splitlines()]
+    assert sorted((Path(e["source"]).name, e["line"]) for e in entries) == sorted(
+        (f"day-{f:02d}.jsonl{'.gz' if f % 2 else ''}", 6) for f in range(12)
+    )
