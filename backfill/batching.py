@@ -201,11 +201,11 @@ class BatchBuilder:
         batch = self._batch or self._open(block, start)
         stop = start + len(lines)
         for index, line, reason in zip(range(start, stop), lines, reasons, strict=True):
-            if len(line) < 2 and line.strip() == b"":
+            if not line:  # blank, or a problem (see sources.block)
                 problem = block.problems.get(index)
                 if problem is None:
                     pass
-                elif problem.reason is None:
+                elif problem.filtered:
                     batch.filtered += 1
                 else:
                     batch.invalid.append(Rejected(index, problem.reason, problem.raw))
@@ -225,7 +225,7 @@ class BatchBuilder:
             elif reason is OUT_OF_WINDOW:
                 batch.filtered += 1
             elif line.isspace():
-                pass  # whitespace only (" \t", " \r"): blank; checked only once invalid
+                pass  # whitespace only (" ", "\r"): blank; checked only once invalid
             else:
                 batch.invalid.append(Rejected(index, reason, line))
                 if len(batch.invalid) >= max_records:

@@ -21,10 +21,10 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, cast
+from typing import Final
 
 import msgspec
 import uvloop
@@ -35,7 +35,7 @@ from backfill.delivery import ConcurrencyLimit, Service, open_client
 from backfill.errors import NeedsUser, UsageError
 from backfill.mapping import build_transform
 from backfill.schema import OUT_OF_WINDOW, RecordValidator
-from backfill.sources import Block, discover, read_blocks
+from backfill.sources import START, Block, find_sources, open_blocks
 from backfill.targets import Target, target_for
 
 DEFAULT_CONCURRENCY: Final = (1, 4, 16, 64)
@@ -213,11 +213,10 @@ async def read_sample(settings: Settings, limit: int) -> Sample:
     check = RecordValidator(settings.kind, settings.rules).check
     transform = build_transform(settings)
     sample = Sample()
-    for path in discover(settings.inputs):
-        blocks = read_blocks(path, max_line_bytes=settings.max_line_bytes)
-        if transform is not None:
-            blocks = transform.blocks(path, blocks)
-        async with contextlib.aclosing(cast(AsyncGenerator[Block, None], blocks)) as stream:
+    transforms = [transform] if transform is not None else []
+    for source in find_sources(settings.inputs):
+        blocks = open_blocks(source, START, transforms, max_line_bytes=settings.max_line_bytes)
+        async with contextlib.aclosing(blocks) as stream:
             mark = time.perf_counter()
             async for block in stream:
                 started = time.perf_counter()

@@ -13,19 +13,20 @@ Memory: one dict entry per distinct id (catalogs are millions of records, not bi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from backfill.schema import attribute_type
-from backfill.sources import Block, BlockTransform, Problem, read_blocks
+from backfill.sources import START, Block, BlockTransform, Source, open_blocks
 
 Position = tuple[int, int]  # (file index, line index)
 OLDEST = datetime.min.replace(tzinfo=UTC)
+SUPERSEDED = "superseded by a newer record with the same id"
 
 
 class _Head(msgspec.Struct):
@@ -56,29 +57,32 @@ def _when(value: Any) -> datetime:
 
 
 async def _heads(
-    paths: list[Path], max_line_bytes: int, transform: BlockTransform | None
+    sources: list[Source], max_line_bytes: int, transforms: Sequence[BlockTransform]
 ) -> AsyncIterator[tuple[Position, _Head]]:
     decode = msgspec.json.Decoder(_Head).decode
-    for index, path in enumerate(paths):
-        blocks = read_blocks(path, max_line_bytes=max_line_bytes)
-        if transform is not None:
-            blocks = transform.blocks(path, blocks)
-        async for block in blocks:
-            for i, line in enumerate(block.lines):
-                if len(line) < 2:
-                    continue
-                try:
-                    yield (index, block.first + i), decode(line)
-                except (msgspec.MsgspecError, UnicodeDecodeError):
-                    continue  # the send pass dead-letters it with the full reason
+    for index, source in enumerate(sources):
+        blocks = open_blocks(source, START, transforms, max_line_bytes=max_line_bytes)
+        async with contextlib.aclosing(blocks):
+            async for block in blocks:
+                for i, line in enumerate(block.lines):
+                    if len(line) < 2:
+                        continue
+                    try:
+                        yield (index, block.first + i), decode(line)
+                    except (msgspec.MsgspecError, UnicodeDecodeError):
+                        continue  # the send pass dead-letters it with the full reason
 
 
 async def prescan(
-    paths: list[Path], id_field: str, max_line_bytes: int, transform: BlockTransform | None
+    sources: list[Source],
+    id_field: str,
+    max_line_bytes: int,
+    transforms: Sequence[BlockTransform] = (),
 ) -> CatalogPlan:
+    """Reads the sources through `transforms` (those before the marks) and decides."""
     plan = CatalogPlan()
     winners: dict[str, tuple[datetime, Position]] = {}
-    async for pos, head in _heads(paths, max_line_bytes, transform):
+    async for pos, head in _heads(sources, max_line_bytes, transforms):
         key = getattr(head, id_field)
         if not isinstance(key, str):
             continue
@@ -91,7 +95,7 @@ async def prescan(
         else:
             plan.superseded.setdefault(pos[0], set()).add(pos[1])
     types: dict[str, tuple[str, Position]] = {}
-    async for pos, head in _heads(paths, max_line_bytes, transform):
+    async for pos, head in _heads(sources, max_line_bytes, transforms):
         if pos[1] in plan.superseded.get(pos[0], ()) or not isinstance(
             head.custom_attributes, dict
         ):
@@ -102,7 +106,7 @@ async def prescan(
                 continue
             seen = types.setdefault(name, (kind, pos))
             if seen[0] != kind:
-                where = f"{paths[seen[1][0]]} line {seen[1][1] + 1}"
+                where = f"{sources[seen[1][0]].name} line {seen[1][1] + 1}"
                 plan.conflicts.setdefault(pos[0], {})[pos[1]] = (
                     f"custom_attributes.{name}: expected {seen[0]} (the type it has in {where}),"
                     f" got {kind}; a key's type must stay the same across records"
@@ -115,23 +119,20 @@ class CatalogMarks:
     """Applies a CatalogPlan to one file's blocks: superseded lines are filtered, conflicting
     ones become dead letters with the reason."""
 
-    def __init__(self, plan: CatalogPlan, index_of: Callable[[Path], int]) -> None:
+    def __init__(self, plan: CatalogPlan, index_of: Callable[[Source], int]) -> None:
         self._plan = plan
         self._index_of = index_of
 
-    async def blocks(self, path: Path, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
-        index = self._index_of(path)
+    async def blocks(self, source: Source, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
+        index = self._index_of(source)
         superseded = self._plan.superseded.get(index, set())
         conflicts = self._plan.conflicts.get(index, {})
         async for block in blocks:
             if superseded or conflicts:
-                block.freeze_lengths()
                 for i, line in enumerate(block.lines):
                     n = block.first + i
                     if n in superseded:
-                        block.problems[n] = Problem(None, len(line), line)
-                        block.lines[i] = b""
+                        block.filter(i, SUPERSEDED)
                     elif n in conflicts:
-                        block.problems[n] = Problem(conflicts[n], len(line), line)
-                        block.lines[i] = b""
+                        block.reject(i, conflicts[n], line)
             yield block

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from backfill.batching import Plan
+from backfill.batching import Batch, Plan
 from backfill.errors import (
     BackfillError,
     CheckpointLost,
@@ -35,7 +35,7 @@ from backfill.errors import (
     StateUnwritable,
     UsageError,
 )
-from backfill.sources import Fingerprint
+from backfill.sources import Fingerprint, Source
 
 T = TypeVar("T")
 log = logging.getLogger("backfill")
@@ -82,10 +82,10 @@ class Range:
 
 @dataclass(slots=True)
 class FileState:
-    """One input file as the checkpoint knows it, and where reading must start."""
+    """One input as the checkpoint knows it, and where reading must start."""
 
     id: int
-    path: Path
+    source: Source
     lines: int | None  # known once the reader has seen its end
     start_line: int = 0
     start_offset: int = 0
@@ -98,6 +98,33 @@ class FileState:
     def settled(self, line: int) -> bool:
         """Is this 0-based line in a range the checkpoint holds as delivered (or skipped)?"""
         return self.done or line < self.start_line or any(s <= line < e for s, e in self.plan.skip)
+
+
+class Outcome(NamedTuple):
+    """What the API did with an acknowledged batch (the columns after its counts)."""
+
+    accepted: int = 0
+    rejected: int = 0  # records the server refused (dead letters)
+    requests: int = 0
+    retries: int = 0
+    maybe_twice: int = 0  # records a lost attempt may have stored before a retry did
+
+
+NOTHING_SENT = Outcome()  # a batch of invalid or filtered lines only, settled unsent
+
+
+def _row(batch: Batch) -> tuple[int, ...]:
+    """A batch's columns: file_id, start_line, end_line, start_offset, end_offset, then
+    (after the state) records, invalid, filtered."""
+    return (
+        *batch.key,
+        batch.end_line,
+        batch.start_offset,
+        batch.end_offset,
+        len(batch.records),
+        len(batch.invalid),
+        batch.filtered,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,12 +359,13 @@ class Checkpoint:
         return previous
 
     async def register_files(
-        self, files: list[tuple[Path, Fingerprint]], force: bool
+        self, files: list[tuple[Source, Fingerprint]], force: bool
     ) -> list[FileState]:
+        """Each source's row, found by its key (for a local file, its absolute path)."""
         return await self._call(self._register_files, files, force)
 
     def _register_files(
-        self, files: list[tuple[Path, Fingerprint]], force: bool
+        self, files: list[tuple[Source, Fingerprint]], force: bool
     ) -> list[FileState]:
         db = self._require()
         known = {
@@ -345,8 +373,8 @@ class Checkpoint:
             for row in db.execute("SELECT id, path, size, mtime_ns, head, tail, lines FROM files")
         }
         states: list[FileState] = []
-        for path, fp in files:
-            key = str(path.resolve())
+        for source, fp in files:
+            key = source.key
             row = known.get(key)
             if row is not None and (row[2], row[3], row[4], row[5]) != (
                 fp.size,
@@ -356,7 +384,7 @@ class Checkpoint:
             ):
                 if not force:
                     raise InputChanged(
-                        f"input file {path} changed since the checkpoint was written "
+                        f"input file {source.name} changed since the checkpoint was written "
                         f"(size {row[2]} -> {fp.size}); resuming could skip or repeat records. "
                         "Restore the file, use --restart, or --force to resume anyway"
                     )
@@ -371,7 +399,7 @@ class Checkpoint:
                     (key, fp.size, fp.mtime_ns, fp.head, fp.tail),
                 )
                 row = (int(cur.lastrowid or 0), key, fp.size, fp.mtime_ns, fp.head, fp.tail, None)
-            states.append(FileState(int(row[0]), path, row[6]))
+            states.append(FileState(int(row[0]), source, row[6]))
         return states
 
     async def vanished(self, present: list[FileState]) -> list[tuple[str, int | None, int]]:
@@ -445,11 +473,8 @@ class Checkpoint:
 
     # -- per batch -----------------------------------------------------------------------
 
-    async def mark_inflight(
-        self, key: tuple[int, int], span: tuple[int, int, int], counts: tuple[int, int, int]
-    ) -> None:
-        """Before sending. key (file_id, start_line); span (end_line, start_offset,
-        end_offset); counts (records, invalid, filtered)."""
+    async def mark_inflight(self, batch: Batch) -> None:
+        """Before sending: the batch's range, and what it holds, as in flight."""
         await self._call(
             self._tx,
             [
@@ -457,25 +482,23 @@ class Checkpoint:
                     "INSERT OR REPLACE INTO batches (file_id, start_line, end_line, "
                     "start_offset, end_offset, state, records, invalid, filtered) "
                     "VALUES (?, ?, ?, ?, ?, 'inflight', ?, ?, ?)",
-                    (*key, *span, *counts),
+                    _row(batch),
                 )
             ],
         )
 
     async def mark_acked(
         self,
-        key: tuple[int, int],
-        span: tuple[int, int, int],
-        counts: tuple[int, int, int],
-        outcome: tuple[int, int, int, int],
-        retried_ambiguous: int = 0,
+        batch: Batch,
+        outcome: Outcome = NOTHING_SENT,
+        *,
         leg: tuple[int, int] = (0, 0),
         first: Callable[[], None] | None = None,
     ) -> None:
-        """After the answer: outcome is (accepted, rejected, requests, retries); `leg` is
+        """After the answer (the default outcome: a batch with nothing to send); `leg` is
         (requests, retries) of the whole leg so far, failed batches included.
 
-        `retried_ambiguous` > 0: an attempt was lost after it may have been stored and a
+        `outcome.maybe_twice` > 0: an attempt was lost after it may have been stored and a
         retry then succeeded, so that many records may be stored twice; the range is
         recorded as ambiguous ("retried") for the report.
 
@@ -487,18 +510,18 @@ class Checkpoint:
             (
                 "INSERT OR REPLACE INTO batches "
                 "VALUES (?, ?, ?, ?, ?, 'acked', ?, ?, ?, ?, ?, ?, ?)",
-                (*key, *span, *counts, *outcome),
+                (*_row(batch), *outcome[:4]),
             ),
             (
                 "UPDATE legs SET last_seen=?, requests=?, retries=? WHERE id=?",
                 (time.time(), *leg, self.leg),
             ),
         ]
-        if retried_ambiguous:
+        if outcome.maybe_twice:
             statements.append(
                 (
                     "INSERT INTO ambiguous VALUES (?, ?, ?, ?, ?, 'retried')",
-                    (*key, span[0], retried_ambiguous, self.leg),
+                    (*batch.key, batch.end_line, outcome.maybe_twice, self.leg),
                 )
             )
         await self._call(self._settle, statements, first)
@@ -510,11 +533,11 @@ class Checkpoint:
             first()
         self._tx(statements)
 
-    async def mark_unsent(self, key: tuple[int, int]) -> None:
+    async def mark_unsent(self, batch: Batch) -> None:
         """The batch in flight was refused in a way that stores nothing: not ambiguous."""
         await self._call(
             self._tx,
-            [("UPDATE batches SET state='unsent' WHERE file_id=? AND start_line=?", key)],
+            [("UPDATE batches SET state='unsent' WHERE file_id=? AND start_line=?", batch.key)],
         )
 
     async def mark_file_read(self, file_id: int, lines: int, warning: str | None) -> None:

@@ -30,6 +30,7 @@ from backfill.maintenance import read_ids
 from backfill.parallel import ParallelEngine
 from backfill.progress import render_report, write_report
 from backfill.shards import Shard, parse_shard
+from backfill.sources import LocalFile
 from backfill.state import REHEARSAL_DIRS, reset_state, status_text
 
 # 128 + SIGPIPE, what a shell reports for a writer killed by SIGPIPE (`... | head`):
@@ -257,7 +258,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, overrides)
     if args.state_dir is None:
         settings = _in_subdir(settings, f"delete-{args.kind}")
-    local = _run_async(read_ids(Path(args.ids), args.kind))
+    local = _run_async(read_ids(LocalFile.at(args.ids), args.kind))
     ids = local.ids
     for problem in local.problems:
         print(f"not an id: {problem}", file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 
 from backfill.errors import UsageError
+from backfill.privacy.settings import PrivacySettings, parse_privacy
 from backfill.schema import Kind, Rules
 from backfill.shards import Shard
 from backfill.targets import target_for
@@ -73,6 +74,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # logs not in Miso's shape: the [mapping] table of the config file (see backfill.mapping)
     mapping: dict[str, Any] | None = None
     config_file: str | None = None  # where the settings came from, for error messages
+    # pseudonymized ids, truncated IPs, PII scrubbing: the [privacy] table (backfill.privacy)
+    privacy: PrivacySettings | None = None
     # where the key comes from (never the key itself)
     api_key_env: str = "MISO_API_KEY"
     api_key_file: str | None = None
@@ -141,6 +144,8 @@ def load_settings(config_file: str | None, overrides: dict[str, Any]) -> Setting
     if config_file:
         values.update(_read_toml(config_file))
         _check_keys(config_file, values)
+        if isinstance(values.get("privacy"), dict):  # its own messages, e.g. for a key in it
+            values["privacy"] = parse_privacy(values["privacy"], config_file)
         values["config_file"] = config_file
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
@@ -200,12 +205,15 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise UsageError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    # Settings may sit at the top level or in a [run] table; [mapping] is kept whole, and
-    # other tables (e.g. [server] for `backfill serve`) are not the run's business.
+    # Settings may sit at the top level or in a [run] table; [mapping] and [privacy] are kept
+    # whole, and other tables (e.g. [server] for `backfill serve`) are not the run's business.
     run = data.pop("run", {})
-    flat = {k: v for k, v in data.items() if not isinstance(v, dict) or k == "mapping"}
+    flat = {k: v for k, v in data.items() if not isinstance(v, dict) or k in RUN_TABLES}
     flat.update(run)
     return {k.replace("-", "_"): v for k, v in flat.items()}
+
+
+RUN_TABLES = frozenset({"mapping", "privacy"})
 
 
 def _plain_path(message: str) -> str:

@@ -29,7 +29,7 @@ import msgspec
 from backfill import __version__
 from backfill.batching import Batch, BatchBuilder
 from backfill.catalog import CatalogMarks, CatalogPlan, prescan
-from backfill.checkpoint import AmbiguousRange, Checkpoint, FileState, Totals
+from backfill.checkpoint import AmbiguousRange, Checkpoint, FileState, Outcome, Totals
 from backfill.config import Secret, Settings
 from backfill.deadletter import DeadLetterFile, entries_in
 from backfill.delivery import Delivery, Sender, open_sender
@@ -48,6 +48,7 @@ from backfill.errors import (
 from backfill.hints import SAMPLES, hint
 from backfill.ids import IdLines, id_check
 from backfill.mapping import build_transform
+from backfill.privacy import build_privacy
 from backfill.progress import LegStats, Progress, plural, rehearsal_note
 from backfill.retry import RetryPolicy
 from backfill.schema import KINDS, RecordValidator
@@ -55,10 +56,10 @@ from backfill.shards import owned_by
 from backfill.sources import (
     BlockTransform,
     Fingerprint,
-    LocalFile,
+    Source,
+    Start,
     find_sources,
-    fingerprint,
-    read_blocks,
+    open_blocks,
 )
 from backfill.targets import target_for
 
@@ -69,8 +70,10 @@ class Engine:
     def __init__(
         self, settings: Settings, secret: Secret, *, command: str = "", out: TextIO = sys.stderr
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.secret = secret
+        # first: a missing hash key is a usage error before anything is read, sent or stored
+        self._privacy = build_privacy(settings.privacy, settings.kind, settings.operation)
         self.command = command
         self.out = out
         self.stats = LegStats()
@@ -85,12 +88,17 @@ class Engine:
             settings.backoff_max,
         )
         self._target = target_for(settings.kind, settings.operation)
-        self._transform: BlockTransform | None = build_transform(settings)
+        mapping = build_transform(settings)
+        self._mapped = mapping is not None
         if settings.operation == "delete":
             self._check = id_check(settings.kind)
-            self._transform = IdLines(settings.kind)
+            mapping = IdLines(settings.kind)
         else:
             self._check = RecordValidator(settings.kind, settings.rules).check
+        # between the reader and validation, in order (catalog marks join after the prescan)
+        self._transforms: list[BlockTransform] = [mapping] if mapping is not None else []
+        if self._privacy is not None:  # after mapping/IdLines: lines are Miso JSON by then
+            self._transforms.append(self._privacy)
         self._catalog: CatalogPlan | None = None
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=settings.concurrency)
         self._reader: asyncio.Task[None] | None = None
@@ -98,7 +106,7 @@ class Engine:
         self._ratio_checked = False
         self._cp = Checkpoint(Path(settings.state_dir))
         self._dlq = DeadLetterFile(settings.dead_letter_path)
-        self._paths: dict[Path, int] = {}  # input file -> its index in sorted order
+        self._index: dict[str, int] = {}  # a source's key -> its index in sorted order
         self._never_loaded: list[str] = []  # files gone from the inputs, not loaded whole
         self._samples: list[bytes] = []  # the leg's first invalid lines, to guess a cause from
         self._done = asyncio.Event()
@@ -109,29 +117,42 @@ class Engine:
 
     async def run(self) -> dict[str, Any]:
         """Runs one leg of the load and returns the report of the whole load."""
-        owned = owned_by(find_sources(self.s.inputs), self.s.shard)
-        paths = [s.path for s in owned if isinstance(s, LocalFile)]
-        if self.s.shard is not None and not paths:
-            print(self.s.shard.nothing_to_do, file=self.out)
-        prints = await asyncio.to_thread(lambda: [(p, _fingerprint(p)) for p in paths])
-        self._paths = {p: i for i, p in enumerate(paths)}
-        if self.s.kind != "interactions" and self.s.operation == "upload":
-            id_field = KINDS[self.s.kind].id_field
-            self._catalog = await prescan(paths, id_field, self.s.max_line_bytes, self._transform)
+        settings = self.settings
+        sources = owned_by(find_sources(settings.inputs), settings.shard)
+        if settings.shard is not None and not sources:
+            print(settings.shard.nothing_to_do, file=self.out)
+        fingerprints = await asyncio.to_thread(
+            lambda: [(source, _fingerprint(source)) for source in sources]
+        )
+        await self._plan_catalog(sources)
         await self._cp.connect(
-            fresh=self.s.restart or self.s.dry_run,  # the command has just reset it
-            dead_letter=self.s.dead_letter_path,
+            fresh=settings.restart or settings.dry_run,  # the command has just reset it
+            dead_letter=settings.dead_letter_path,
         )
         try:
-            return await self._run_leg(prints)
+            return await self._run_leg(fingerprints)
         finally:
             await self._cp.close()
 
-    async def _run_leg(self, prints: list[tuple[Path, Fingerprint]]) -> dict[str, Any]:
-        files = await self._start_leg(prints)
-        self.stats.bytes_total = sum(fp.size for _, fp in prints)
+    async def _plan_catalog(self, sources: list[Source]) -> None:
+        """Products and users: which line holds the newest version of each id."""
+        settings = self.settings
+        self._index = {source.key: i for i, source in enumerate(sources)}
+        if settings.kind != "interactions" and settings.operation == "upload":
+            id_field = KINDS[settings.kind].id_field
+            self._catalog = await prescan(  # the raw ids dedupe alike; privacy counts once
+                sources,
+                id_field,
+                settings.max_line_bytes,
+                [t for t in self._transforms if t is not self._privacy],
+            )
+            self._transforms.append(CatalogMarks(self._catalog, self._source_index))
+
+    async def _run_leg(self, fingerprints: list[tuple[Source, Fingerprint]]) -> dict[str, Any]:
+        files = await self._start_leg(fingerprints)
+        self.stats.bytes_total = sum(fp.size for _, fp in fingerprints)
         self.stats.bytes_done = sum(
-            fp.size for (_, fp), f in zip(prints, files, strict=True) if f.done
+            fp.size for (_, fp), f in zip(fingerprints, files, strict=True) if f.done
         )
         self.stats.started = time.monotonic()
         try:
@@ -141,6 +162,8 @@ class Engine:
         finally:
             self._dlq.close()
         cp = self._cp
+        if self._privacy is not None and (warning := self._privacy.warning()):
+            self._warn(warning)
         self._check_all_invalid(await cp.totals())
         try:
             await cp.end_leg(self.exit_code, self.error, self._leg_counts())
@@ -149,17 +172,19 @@ class Engine:
                 self.exit_code, self.error = exc.exit_code, str(exc)
         return self._report(await cp.totals(), await cp.ambiguous_ranges(), await cp.warnings())
 
-    async def _start_leg(self, prints: list[tuple[Path, Fingerprint]]) -> list[FileState]:
+    async def _start_leg(self, fingerprints: list[tuple[Source, Fingerprint]]) -> list[FileState]:
         """Records the leg, matches the inputs with the checkpoint and plans the resume."""
         cp = self._cp
         current = self._settings_fingerprint()
         self._warn_changed(await cp.start_leg(current, self.command), current)
-        files = await cp.register_files(prints, self.s.force)
+        files = await cp.register_files(fingerprints, self.settings.force)
         self._warn_vanished(await cp.vanished(files))
-        sources = {f.id: str(f.path) for f in files}
-        stopped = await cp.take_ambiguous(self.s.ambiguous, sources)
+        sources = {f.id: f.source.name for f in files}
+        stopped = await cp.take_ambiguous(self.settings.ambiguous, sources)
         ambiguous = [a for a in stopped if a.sent]
-        reread = stopped if self.s.ambiguous == "resend" else [a for a in stopped if not a.sent]
+        reread = (
+            stopped if self.settings.ambiguous == "resend" else [a for a in stopped if not a.sent]
+        )
         await cp.plan_files(files, reread)
         self._announce_resume(files, ambiguous)
         suppress = self._suppressed(files) if reread or cp.previous_leg_crashed else set()
@@ -201,18 +226,28 @@ class Engine:
             self._never_loaded.append(path)
 
     def _settings_fingerprint(self) -> dict[str, Any]:
-        s = self.s
+        settings = self.settings
         return {
             "kind": self._target.name,
-            "batch_size": s.effective_batch_size,
-            "max_batch_bytes": s.max_batch_bytes,
-            "rules": [s.allow_missing_timestamp, s.allow_anonymous, str(s.since), str(s.until)],
+            "batch_size": settings.effective_batch_size,
+            "max_batch_bytes": settings.max_batch_bytes,
+            "rules": [
+                settings.allow_missing_timestamp,
+                settings.allow_anonymous,
+                str(settings.since),
+                str(settings.until),
+            ],
             "mapping": hashlib.sha256(
-                msgspec.json.encode(s.mapping or {}, order="sorted")
+                msgspec.json.encode(settings.mapping or {}, order="sorted")
             ).hexdigest()[:16],
             "version": __version__,
-            "endpoint": s.endpoint,
-            "rehearsal": "dry-run" if s.dry_run else "server-dry-run" if s.server_dry_run else "",
+            "endpoint": settings.endpoint,
+            "rehearsal": "dry-run"
+            if settings.dry_run
+            else "server-dry-run"
+            if settings.server_dry_run
+            else "",
+            "privacy": self._privacy.fingerprint() if self._privacy else "",
         }
 
     def _announce_resume(self, files: list[FileState], ambiguous: list[AmbiguousRange]) -> None:
@@ -224,7 +259,7 @@ class Engine:
         if ambiguous:
             records = sum(a.records for a in ambiguous)
             one = len(ambiguous) == 1
-            what = "re-sending" if self.s.ambiguous == "resend" else "assuming delivered"
+            what = "re-sending" if self.settings.ambiguous == "resend" else "assuming delivered"
             lines.append(
                 f"resuming: {plural(len(ambiguous), 'batch', 'batches')} "
                 f"({plural(records, 'record')}) {'was' if one else 'were'} in flight at the "
@@ -237,25 +272,32 @@ class Engine:
     def _suppressed(self, files: list[FileState]) -> set[tuple[str, int]]:
         """Dead letters already written for lines this leg reads again (dead letters are
         written before their batch is marked in flight, so an unsettled range may have some)."""
-        by_source = {str(f.path): f for f in files}
+        by_source = {f.source.name: f for f in files}
 
         def unsettled(source: str, line: int) -> bool:
             f = by_source.get(source)
             return f is not None and not f.settled(line - 1)
 
-        return entries_in(self.s.dead_letter_path, unsettled)
+        return entries_in(self.settings.dead_letter_path, unsettled)
 
     # -- pipeline and shutdown -------------------------------------------------------------
 
     async def _pipeline(self, files: list[FileState]) -> None:
         loop = asyncio.get_running_loop()
-        progress = Progress(self.stats, self.s.progress, self.s.progress_interval, self.out)
+        progress = Progress(
+            self.stats, self.settings.progress, self.settings.progress_interval, self.out
+        )
         handlers = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
         for sig, code in handlers.items():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal, code)
         sending = open_sender(
-            self.s, self.secret, self._target, self._policy, meter=self.stats, warn=self._warn
+            self.settings,
+            self.secret,
+            self._target,
+            self._policy,
+            meter=self.stats,
+            warn=self._warn,
         )
         try:
             async with sending as sender:
@@ -263,7 +305,7 @@ class Engine:
                 async with asyncio.TaskGroup() as tg:
                     self._reader = tg.create_task(self._read(files))
                     self._workers = [
-                        tg.create_task(self._work(sender)) for _ in range(self.s.concurrency)
+                        tg.create_task(self._work(sender)) for _ in range(self.settings.concurrency)
                     ]
                     tg.create_task(self._tick(progress))
                     await asyncio.wait(self._workers)
@@ -283,8 +325,8 @@ class Engine:
             return
         name = "SIGINT" if code == EXIT_SIGINT else "SIGTERM"
         print(
-            f"\n{name}: stopping; waiting up to {self.s.drain_timeout:.0f} s for requests in "
-            "flight (press Ctrl-C again to cancel them)",
+            f"\n{name}: stopping; waiting up to {self.settings.drain_timeout:.0f} s for "
+            "requests in flight (press Ctrl-C again to cancel them)",
             file=self.out,
         )
         self._stop(code, f"interrupted by {name}")
@@ -304,7 +346,7 @@ class Engine:
         for _ in self._workers:
             self._queue.put_nowait(None)
         self._drain_timer = asyncio.get_running_loop().call_later(
-            self.s.drain_timeout, self._force_stop
+            self.settings.drain_timeout, self._force_stop
         )
 
     def _force_stop(self) -> None:
@@ -344,50 +386,47 @@ class Engine:
             await self._queue.put(None)
 
     async def _read_file(self, f: FileState) -> None:
-        source = str(f.path)
+        settings, name = self.settings, f.source.name
         builder = BatchBuilder(
             f.id,
-            source,
+            name,
             self._check,
-            max_records=self.s.effective_batch_size,
-            max_bytes=self.s.max_batch_bytes,
+            max_records=settings.effective_batch_size,
+            max_bytes=settings.max_batch_bytes,
             envelope=self._target.envelope,
             plan=f.plan,
         )
         lines = f.start_line
-        blocks = read_blocks(
-            f.path,
-            start_offset=f.start_offset,
-            start_line=f.start_line,
-            max_line_bytes=self.s.max_line_bytes,
+        start = Start(f.start_line, f.start_offset)
+        blocks = open_blocks(
+            f.source, start, self._transforms, max_line_bytes=settings.max_line_bytes
         )
-        if self._transform is not None:
-            blocks = self._transform.blocks(f.path, blocks)
-        if self._catalog is not None:
-            blocks = CatalogMarks(self._catalog, self._file_index).blocks(f.path, blocks)
         try:
-            async for block in blocks:
-                self.stats.bytes_done += block.raw_bytes
-                lines = block.first + len(block.lines)
-                for batch in builder.feed(block):
-                    await self._submit(batch)
-                await asyncio.sleep(0)  # a block is ~1 MiB of validation: let requests run
+            async with contextlib.aclosing(blocks):
+                async for block in blocks:
+                    self.stats.bytes_done += block.raw_bytes
+                    lines = block.first + len(block.lines)
+                    for batch in builder.feed(block):
+                        await self._submit(batch)
+                    await asyncio.sleep(0)  # a block is ~1 MiB of validation: let requests run
         except OSError as exc:
-            raise InputUnreadable(f"cannot read {source}: {exc.strerror or exc}") from None
+            raise InputUnreadable(f"cannot read {name}: {exc.strerror or exc}") from None
         for batch in builder.finish():
             await self._submit(batch)
-        warning = "; ".join(builder.warnings) or None
+        await self._finish_file(f, lines, "; ".join(builder.warnings) or None)
+
+    async def _finish_file(self, f: FileState, lines: int, warning: str | None) -> None:
         if lines == 0 and warning is None:
             warning = "empty file: no records"
         if warning:
-            self._warn(f"{source}: {warning}")
+            self._warn(f"{f.source.name}: {warning}")
         await self._cp.mark_file_read(f.id, lines, warning)
 
     def _leg_counts(self) -> tuple[int, int]:
         return (self.stats.requests, self.stats.retries)
 
-    def _file_index(self, path: Path) -> int:
-        return self._paths[path]
+    def _source_index(self, source: Source) -> int:
+        return self._index[source.key]
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -405,30 +444,28 @@ class Engine:
         else:  # nothing to send: settle it here, its dead letters on disk first
             self._dlq.write(batch.source, batch.invalid)
             sync = self._dlq.sync if batch.invalid else None
-            await self._cp.mark_acked(
-                *self._row(batch), (0, 0, 0, 0), leg=self._leg_counts(), first=sync
-            )
+            await self._cp.mark_acked(batch, leg=self._leg_counts(), first=sync)
         self._check_invalid_ratio()
 
     def _check_invalid_ratio(self) -> None:
-        s, window = self.stats, self.s.invalid_ratio_window
-        if self._ratio_checked or s.records_read < window:
+        stats, settings = self.stats, self.settings
+        if self._ratio_checked or stats.records_read < settings.invalid_ratio_window:
             return
         self._ratio_checked = True
-        ratio = s.records_invalid / s.records_read
-        if ratio > self.s.max_invalid_ratio:
+        ratio = stats.records_invalid / stats.records_read
+        if ratio > settings.max_invalid_ratio:
             raise TooManyInvalid(
-                f"{s.records_invalid:,} of the first {s.records_read:,} records are invalid "
-                f"({ratio:.0%} > --max-invalid-ratio {self.s.max_invalid_ratio}): the input "
-                f"does not look like Miso {self.s.kind} records{self._hint()}. See "
-                f"{self.s.dead_letter_path}; rerun with --max-invalid-ratio 1 to load the "
-                "valid ones anyway"
+                f"{stats.records_invalid:,} of the first {stats.records_read:,} records are "
+                f"invalid ({ratio:.0%} > --max-invalid-ratio {settings.max_invalid_ratio}): "
+                f"the input does not look like Miso {settings.kind} records{self._hint()}. "
+                f"See {settings.dead_letter_path}; rerun with --max-invalid-ratio 1 to load "
+                "the valid ones anyway"
             )
 
     def _check_all_invalid(self, totals: Totals) -> None:
         """An input too small for the ratio window, and entirely invalid: nothing was
         loaded, which must not look like success."""
-        if self.exit_code != EXIT_OK or self.s.max_invalid_ratio >= 1.0:
+        if self.exit_code != EXIT_OK or self.settings.max_invalid_ratio >= 1.0:
             return
         if not 0 < totals.records_invalid == totals.records_read:
             return
@@ -437,20 +474,12 @@ class Engine:
         self.exit_code = TooManyInvalid.exit_code
         self.error = (
             f"{what} invalid, so nothing was loaded{self._hint()}. See "
-            f"{self.s.dead_letter_path} for each line's reason"
+            f"{self.settings.dead_letter_path} for each line's reason"
         )
 
     def _hint(self) -> str:
-        text = hint(self.s.kind, self._samples, mapped=self._transform is not None)
-        return f" ({text})" if text and self.s.operation == "upload" else ""
-
-    @staticmethod
-    def _row(batch: Batch) -> tuple[tuple[int, int], tuple[int, int, int], tuple[int, int, int]]:
-        return (
-            batch.key,
-            (batch.end_line, batch.start_offset, batch.end_offset),
-            (len(batch.records), len(batch.invalid), batch.filtered),
-        )
+        text = hint(self.settings.kind, self._samples, mapped=self._mapped)
+        return f" ({text})" if text and self.settings.operation == "upload" else ""
 
     # -- workers -------------------------------------------------------------------------
 
@@ -464,34 +493,32 @@ class Engine:
 
     async def _deliver(self, batch: Batch, sender: Sender) -> None:
         self._dlq.write(batch.source, batch.invalid)
-        key, span, counts = self._row(batch)
-        await self._cp.mark_inflight(key, span, counts)
+        await self._cp.mark_inflight(batch)
         self.stats.in_flight += 1
-        d = Delivery()
+        delivery = Delivery()
         try:
-            await sender.deliver(batch, d)
+            await sender.deliver(batch, delivery)
         except (NeedsUser, Abandoned, asyncio.CancelledError):
-            if not d.maybe_stored:  # refused, or never connected: nothing was stored
-                await asyncio.shield(self._cp.mark_unsent(key))
+            if not delivery.maybe_stored:  # refused, or never connected: nothing was stored
+                await asyncio.shield(self._cp.mark_unsent(batch))
             raise
         finally:
             self.stats.in_flight -= 1
-        self._dlq.write(batch.source, d.rejected)
-        sync = self._dlq.sync if d.rejected or batch.invalid else None  # on the checkpoint thread
-        outcome = (d.accepted, len(d.rejected), d.requests, d.retries)
-        await self._cp.mark_acked(
-            key,
-            span,
-            counts,
-            outcome,
-            d.accepted * d.ambiguous,
-            leg=self._leg_counts(),
-            first=sync,
+        rejected = delivery.rejected
+        self._dlq.write(batch.source, rejected)
+        sync = self._dlq.sync if rejected or batch.invalid else None  # on the checkpoint thread
+        outcome = Outcome(
+            delivery.accepted,
+            len(rejected),
+            delivery.requests,
+            delivery.retries,
+            maybe_twice=delivery.accepted * delivery.ambiguous,
         )
-        self.stats.records_accepted += d.accepted
-        self.stats.records_rejected += len(d.rejected)
-        if d.stop is not None:  # recorded first: what the server took stays acknowledged
-            raise d.stop
+        await self._cp.mark_acked(batch, outcome, leg=self._leg_counts(), first=sync)
+        self.stats.records_accepted += delivery.accepted
+        self.stats.records_rejected += len(rejected)
+        if delivery.stop is not None:  # recorded first: what the server took stays acknowledged
+            raise delivery.stop
 
     # -- report --------------------------------------------------------------------------
 
@@ -502,7 +529,7 @@ class Engine:
         report: dict[str, Any] = {
             "status": status.get(self.exit_code, "stopped"),
             "exit_code": self.exit_code,
-            "kind": self.s.kind,
+            "kind": self.settings.kind,
             "records_read": totals.records_read,
             "records_valid": totals.records_valid,
             "records_invalid": totals.records_invalid,
@@ -531,27 +558,29 @@ class Engine:
                 "duration_s": round(time.monotonic() - self.stats.started, 3),
             },
             "endpoint": self._client_url(),
-            "dry_run": self.s.dry_run,
-            "server_dry_run": self.s.server_dry_run,
-            "rehearsal": self.s.dry_run or self.s.server_dry_run,
-            "state_dir": self.s.state_dir,
-            "dead_letter": str(self.s.dead_letter_path),
+            "dry_run": self.settings.dry_run,
+            "server_dry_run": self.settings.server_dry_run,
+            "rehearsal": self.settings.dry_run or self.settings.server_dry_run,
+            "state_dir": self.settings.state_dir,
+            "dead_letter": str(self.settings.dead_letter_path),
             "warnings": warnings,  # of every leg
             "error": self.error,
         }
-        note = rehearsal_note(self.s.dry_run, self.s.server_dry_run)
+        note = rehearsal_note(self.settings.dry_run, self.settings.server_dry_run)
         if note:
             report["note"] = note
+        if self._privacy is not None:  # this leg's lines (a resumed leg counts what it read)
+            report["privacy"] = self._privacy.counts.report()
         if self.exit_code != EXIT_OK and self.command:
             report["resume_command"] = self.command
         return report
 
     def _client_url(self) -> str:
-        return self.s.endpoint.rstrip("/") + self._target.path
+        return self.settings.endpoint.rstrip("/") + self._target.path
 
 
-def _fingerprint(path: Path) -> Fingerprint:
+def _fingerprint(source: Source) -> Fingerprint:
     try:
-        return fingerprint(path)
+        return source.fingerprint()
     except OSError as exc:
-        raise UsageError(f"cannot read input {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read input {source.name}: {exc.strerror or exc}") from None

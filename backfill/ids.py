@@ -8,12 +8,11 @@ contract's id rules, so that deletes go through the same batches, checkpoint and
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import msgspec
 
 from backfill.schema import KINDS, MAX_ID, Kind
-from backfill.sources import Block, Problem
+from backfill.sources import Block, Source
 
 
 def id_check(kind: Kind) -> Callable[[bytes], str | None]:
@@ -61,16 +60,14 @@ class IdLines:
         except UnicodeDecodeError:
             return "invalid UTF-8 in the id"
 
-    async def blocks(self, path: Path, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
+    async def blocks(self, source: Source, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
         async for block in blocks:
-            block.freeze_lengths()
             for i, line in enumerate(block.lines):
                 if not line.strip():
                     continue
                 mapped = self.to_json(line)
                 if isinstance(mapped, bytes):
-                    block.lines[i] = mapped
+                    block.replace(i, mapped)
                 else:
-                    block.problems[block.first + i] = Problem(mapped, len(line), line)
-                    block.lines[i] = b""
+                    block.reject(i, mapped, line)
             yield block

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final
 
 import msgspec
@@ -16,7 +16,7 @@ from backfill.delivery import open_client
 from backfill.errors import RetriesExhausted, ServerRefused
 from backfill.ids import IdLines, id_check
 from backfill.schema import Kind
-from backfill.sources import Block, read_blocks
+from backfill.sources import START, Block, Source, open_blocks
 from backfill.targets import target_for
 
 SNIFFED: Final = (
@@ -37,7 +37,7 @@ _WHAT_SAYS_SO: Final = {
 class LocalIds:
     """The ids of a local file, the reasons some lines are not ids, and the kinds seen."""
 
-    path: Path
+    path: str  # the source's name
     ids: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     shapes: Counter[str] = field(default_factory=Counter)  # sampled JSON objects by kind
@@ -71,34 +71,43 @@ def record_kind(line: bytes) -> str | None:
     return "users" if "user_id" in record else "other"
 
 
-async def _sniffing(blocks: AsyncIterator[Block], shapes: Counter[str]) -> AsyncIterator[Block]:
-    """Passes blocks through, noting the kind of the first SNIFFED JSON objects."""
-    async for block in blocks:
-        for line in block.lines:
-            if shapes.total() >= SNIFFED:
-                break
-            if line.lstrip().startswith(b"{"):
-                seen = record_kind(line)
-                if seen is not None:
-                    shapes[seen] += 1
-        yield block
+class _Sniffing:
+    """A BlockTransform that passes blocks through, noting the kind of the first SNIFFED
+    JSON objects."""
+
+    def __init__(self, shapes: Counter[str]) -> None:
+        self.shapes = shapes
+
+    async def blocks(self, source: Source, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
+        shapes = self.shapes
+        async for block in blocks:
+            for line in block.lines:
+                if shapes.total() >= SNIFFED:
+                    break
+                if line.lstrip().startswith(b"{"):
+                    seen = record_kind(line)
+                    if seen is not None:
+                        shapes[seen] += 1
+            yield block
 
 
-async def read_ids(path: Path, kind: Kind) -> LocalIds:
+async def read_ids(source: Source, kind: Kind) -> LocalIds:
     """Valid ids in file order, reasons for the lines that are not ids, and what the file holds."""
-    local = LocalIds(path)
-    check, lines = id_check(kind), IdLines(kind)
-    async for block in lines.blocks(path, _sniffing(read_blocks(path), local.shapes)):
-        for i, raw in enumerate(block.lines):
-            n = block.first + i
-            if n in block.problems:
-                local.problems.append(f"{path} line {n + 1}: {block.problems[n].reason}")
-            elif raw:
-                reason = check(raw)
-                if reason is None:
-                    local.ids.append(msgspec.json.decode(raw, type=str))
-                else:
-                    local.problems.append(f"{path} line {n + 1}: {reason}")
+    local = LocalIds(source.name)
+    check, where = id_check(kind), source.name
+    blocks = open_blocks(source, START, [_Sniffing(local.shapes), IdLines(kind)])
+    async with contextlib.aclosing(blocks):
+        async for block in blocks:
+            for i, raw in enumerate(block.lines):
+                n = block.first + i
+                if n in block.problems:
+                    local.problems.append(f"{where} line {n + 1}: {block.problems[n].reason}")
+                elif raw:
+                    reason = check(raw)
+                    if reason is None:
+                        local.ids.append(msgspec.json.decode(raw, type=str))
+                    else:
+                        local.problems.append(f"{where} line {n + 1}: {reason}")
     return local
 
 
@@ -154,7 +163,7 @@ def diff(local: list[str], remote: list[str]) -> Diff:
     )
 
 
-def accidental_deletes(result: Diff, kind: str, source: Path) -> str | None:
+def accidental_deletes(result: Diff, kind: str, source: str) -> str | None:
     """Why the ids only the API holds look like an accident rather than a cleanup, or None."""
     doomed = len(result.only_remotely)
     if not doomed:

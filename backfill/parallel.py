@@ -51,7 +51,6 @@ from typing import Any, Final, TextIO
 import msgspec
 import uvloop
 
-from backfill.catalog import prescan
 from backfill.checkpoint import Checkpoint, FileState
 from backfill.config import Secret, Settings
 from backfill.engine import Engine
@@ -65,7 +64,6 @@ from backfill.errors import (
 )
 from backfill.progress import LegStats, Progress
 from backfill.ratelimit import share
-from backfill.schema import KINDS
 
 REPORT_EVERY: Final = 0.25  # seconds between a worker's counters, and its look at its parent
 BUSY_TIMEOUT_MS: Final = 60_000  # a writer waits this long for the others' transactions
@@ -140,16 +138,16 @@ class ParallelEngine(Engine):
         return self._suppress
 
     async def _pipeline(self, files: list[FileState]) -> None:
-        processes = min(self.s.processes, self.s.concurrency)
-        if processes < self.s.processes:
+        processes = min(self.settings.processes, self.settings.concurrency)
+        if processes < self.settings.processes:
             print(
-                f"note: {processes} processes, not {self.s.processes}: --concurrency "
-                f"{self.s.concurrency} is the total of requests in flight for all of them",
+                f"note: {processes} processes, not {self.settings.processes}: --concurrency "
+                f"{self.settings.concurrency} is the total of requests in flight for all of them",
                 file=self.out,
             )
         ctx = multiprocessing.get_context("spawn")
         self._base.bytes_done = self.stats.bytes_done
-        for k, settings in enumerate(worker_settings(self.s, processes)):
+        for k, settings in enumerate(worker_settings(self.settings, processes)):
             job = Job(k, os.getpid(), settings, self.secret, files, self._cp.leg, self._suppress)
             ours, theirs = ctx.Pipe()
             proc: BaseProcess = ctx.Process(target=work, args=(job, theirs), name=f"backfill-{k}")
@@ -175,7 +173,9 @@ class ParallelEngine(Engine):
     async def _supervise(self, pending: deque[int]) -> None:
         """Answers each worker's "next file?" (once every worker is ready: all have opened
         the dead-letter file) and sums the counters they report, until all have ended."""
-        progress = Progress(self.stats, self.s.progress, self.s.progress_interval, self.out)
+        progress = Progress(
+            self.stats, self.settings.progress, self.settings.progress_interval, self.out
+        )
         live = dict(enumerate(self._conns))
         ready, asking = set[int](), list[int]()
         shown = asyncio.get_running_loop().time()
@@ -236,8 +236,9 @@ class ParallelEngine(Engine):
         if not quiet and self._signalled == 1:
             name = signal.Signals(sig).name
             print(
-                f"\n{name}: stopping every worker; each waits up to {self.s.drain_timeout:.0f} s "
-                "for its requests in flight (press Ctrl-C again to cancel them)",
+                f"\n{name}: stopping every worker; each waits up to "
+                f"{self.settings.drain_timeout:.0f} s for its requests in flight "
+                "(press Ctrl-C again to cancel them)",
                 file=self.out,
             )
         elif not quiet:
@@ -279,14 +280,8 @@ class WorkerEngine(Engine):
             self._conn.send((what, value))
 
     async def work(self) -> tuple[int, str | None]:
-        paths = [f.path for f in self.job.files]
-        self._paths = {p: i for i, p in enumerate(paths)}
         try:
-            if self.s.kind != "interactions" and self.s.operation == "upload":
-                id_field = KINDS[self.s.kind].id_field
-                self._catalog = await prescan(
-                    paths, id_field, self.s.max_line_bytes, self._transform
-                )
+            await self._plan_catalog([f.source for f in self.job.files])
             await self._shared.attach(self.job.leg)
             self._dlq.open(self.job.suppress)
         except BackfillError as exc:

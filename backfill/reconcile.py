@@ -19,6 +19,7 @@ from backfill.config import KEY_FILE_HELP, default_help, load_secret, load_setti
 from backfill.errors import UsageError
 from backfill.maintenance import Diff, LocalIds, accidental_deletes, diff, read_ids, remote_ids
 from backfill.schema import Kind
+from backfill.sources import LocalFile
 
 SHOWN_PROBLEMS = 20  # lines that are not ids, named one by one before a count of the rest
 
@@ -88,7 +89,7 @@ async def _read_local_ids(path: Path, kind: Kind) -> LocalIds:
     if path.is_dir():
         raise UsageError(f"--ids-from {path}: is a directory; give one catalog or ids file")
     try:
-        return await read_ids(path, kind)
+        return await read_ids(LocalFile.at(path), kind)
     except OSError as exc:
         raise UsageError(f"cannot read --ids-from {path}: {exc.strerror or exc}") from None
 

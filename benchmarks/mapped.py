@@ -24,6 +24,7 @@ from typing import Any
 
 from backfill.config import Settings
 from backfill.mapping import MappingTransform, build_transform, map_file_blocks
+from backfill.sources import LocalFile
 from benchmarks.contenders import EngineRun, run_engine
 from benchmarks.harness import ROOT, BenchError, Server, say, scratch_dir
 from benchmarks.report import Check, Section, table
@@ -120,7 +121,7 @@ async def write_native(csv_path: Path, out: Path, settings: Settings) -> int:
     assert isinstance(transform, MappingTransform)
     count = 0
     with open(out, "wb") as fh:
-        async for block in map_file_blocks(transform, csv_path):
+        async for block in map_file_blocks(transform, LocalFile.at(csv_path)):
             for line in block.lines:
                 if line:
                     fh.write(line + b"\n")

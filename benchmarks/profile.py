@@ -35,7 +35,7 @@ CATEGORIES: list[tuple[str, str]] = [
     ("idle (threads waiting)", r"concurrent/futures/thread\.py:\d+\)$|_worker \(|threading\.py"),
     ("validation (schema.py)", r"backfill/schema\.py"),
     ("batching (batching.py)", r"backfill/batching\.py"),
-    ("reading: gunzip, split (sources.py)", r"backfill/sources\.py"),
+    ("reading: gunzip, split (sources/)", r"backfill/sources/"),
     ("checkpoint (SQLite)", r"backfill/checkpoint\.py|sqlite3"),
     ("HTTP (aiohttp, client.py)", r"aiohttp/|backfill/client\.py|yarl/|multidict/"),
     ("engine wiring (engine.py)", r"backfill/engine\.py"),

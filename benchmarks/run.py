@@ -12,7 +12,17 @@ import sys
 import time
 from collections.abc import Callable
 
-from benchmarks import contenders, encoding, latency, mapped, memory, plots, resume, scaling
+from benchmarks import (
+    contenders,
+    encoding,
+    latency,
+    mapped,
+    memory,
+    plots,
+    privacy,
+    resume,
+    scaling,
+)
 from benchmarks.data import dataset
 from benchmarks.harness import RESULTS, BenchError, say
 from benchmarks.plan import Plan, current
@@ -74,6 +84,7 @@ def run(plan: Plan) -> list[Section]:
     _timed("resume", "resume", resumed, sections)
     _timed("encoding", "encoding", lambda: encoding.section(main, plan.encoding_records), sections)
     _timed("mapping", "mapping", lambda: mapped.section(plan.mapping_records), sections)
+    _timed("privacy", "privacy", lambda: privacy.section(plan.quick), sections)
     _timed("scaling", "scaling: processes", lambda: scaling.section(plan, main), sections)
     return sections
 

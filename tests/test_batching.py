@@ -98,12 +98,44 @@ def test_resume_plan_skips_acknowledged_ranges_and_keeps_ambiguous_boundaries() 
 
 def test_reader_problems_become_dead_letters_or_filtered() -> None:
     lines = [b'{"n":0}', b"", b"", b'{"n":3}']
-    block = Block(lines, 0, 0, 0, {1: Problem("too long", 5000, b"xxx"), 2: Problem(None, 7)})
+    block = Block(
+        lines,
+        0,
+        0,
+        0,
+        {1: Problem("too long", 5000, b"xxx"), 2: Problem("a drop rule", 7, filtered=True)},
+    )
     builder = BatchBuilder(1, "f", check, max_records=10, max_bytes=10_000)
     [batch] = builder.feed(block) + builder.finish()
     assert [(r.line, r.reason, r.raw) for r in batch.invalid] == [(1, "too long", b"xxx")]
     assert batch.filtered == 1 and batch.records == [b'{"n":0}', b'{"n":3}']
     assert batch.end_offset == (7 + 1) + (5000 + 1) + (7 + 1) + (7 + 1)
+
+
+def test_a_transform_keeps_offsets_through_replace_reject_and_filter() -> None:
+    """The block contract: a line rewritten, refused or left out keeps its stored length, so
+    every batch boundary stays at the true offset of the line in the source."""
+    lines = [b'{"n":0}', b'{"n":1}', b'{"n":22}', b'{"n":333}', b"", b'{"n":5}']
+    starts = [0, 8, 16, 25, 35, 36, 44]  # offset of each line, and of the end
+    block = Block(list(lines), 0, 0, 44)
+    block.replace(1, b'{"n":1,"hashed":"a-much-longer-value"}')
+    block.reject(2, "refused here", lines[2])
+    block.filter(3, "a drop rule")
+    assert [block.end_offset(k) for k in range(7)] == starts
+    assert block.problems == {
+        2: Problem("refused here", 8, lines[2]),
+        3: Problem("a drop rule", 9, filtered=True),
+    }
+    batches = []
+    for cut in range(1, 7):  # a batch boundary after every line
+        builder = BatchBuilder(1, "f", check, max_records=cut, max_bytes=10_000)
+        batches = builder.feed(block) + builder.finish()
+        assert [b.end_offset for b in batches][:-1] == [starts[b.end_line] for b in batches][:-1]
+        assert batches[-1].end_offset == starts[6]
+    [batch] = batches
+    assert [(r.line, r.reason, r.raw) for r in batch.invalid] == [(2, "refused here", lines[2])]
+    assert batch.filtered == 1
+    assert batch.records == [lines[0], b'{"n":1,"hashed":"a-much-longer-value"}', lines[5]]
 
 
 @pytest.mark.parametrize(

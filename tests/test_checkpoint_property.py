@@ -9,6 +9,7 @@ Invariants: nothing lost; anything delivered twice lies in a range reported as a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import tempfile
 from collections import Counter
@@ -18,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backfill.batching import BatchBuilder
-from backfill.checkpoint import Checkpoint, read_ambiguous
-from backfill.sources import fingerprint, read_blocks
+from backfill.checkpoint import Checkpoint, Outcome, read_ambiguous
+from backfill.sources import LocalFile, Start, fingerprint, open_blocks
 
 LINES = 120
 
@@ -36,7 +37,8 @@ async def _leg(
     delivered: list[int] = []
     try:
         await cp.start_leg({"kind": "interactions"}, "test")
-        files = await cp.register_files([(path, fingerprint(path))], force=False)
+        source = LocalFile.at(path)
+        files = await cp.register_files([(source, fingerprint(path))], force=False)
         ambiguous = await cp.take_ambiguous(mode, {files[0].id: str(path)})
         await cp.plan_files(files, ambiguous if mode == "resend" else [])
         f = files[0]
@@ -46,14 +48,14 @@ async def _leg(
             f.id, str(path), _check, max_records=batch_size, max_bytes=1 << 20, plan=f.plan
         )
         batches = []
-        async for block in read_blocks(path, start_offset=f.start_offset, start_line=f.start_line):
-            batches += builder.feed(block)
+        blocks = open_blocks(source, Start(f.start_line, f.start_offset))
+        async with contextlib.aclosing(blocks):
+            async for block in blocks:
+                batches += builder.feed(block)
         batches += builder.finish()
         sent = batches if last else [b for b in batches if data.draw(st.booleans())]
         for b in sent:
-            span = (b.end_line, b.start_offset, b.end_offset)
-            counts = (len(b.records), len(b.invalid), b.filtered)
-            await cp.mark_inflight(b.key, span, counts)
+            await cp.mark_inflight(b)
             if last or data.draw(st.booleans(), label="stored"):
                 delivered += b.record_lines
         acked = sent if last else [b for b in sent if data.draw(st.booleans(), label="acked")]
@@ -63,12 +65,7 @@ async def _leg(
             # an acknowledged batch was delivered; if the model said 'not stored', it is now
             if not set(b.record_lines) <= set(delivered):
                 delivered += b.record_lines
-            await cp.mark_acked(
-                b.key,
-                (b.end_line, b.start_offset, b.end_offset),
-                (len(b.records), len(b.invalid), b.filtered),
-                (len(b.records), 0, 1, 0),
-            )
+            await cp.mark_acked(b, Outcome(accepted=len(b.records), requests=1))
         if last:
             await cp.mark_file_read(f.id, LINES, None)
     finally:

@@ -11,6 +11,7 @@ import pytest
 from backfill.config import load_settings
 from backfill.errors import UsageError
 from backfill.preview import GUTTER, Shown, add_parser, preview, render
+from backfill.sources import LocalFile
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 ECOMMERCE = (CONFIGS / "mapping-ecommerce-csv.toml", CONFIGS / "samples" / "ecommerce-events.csv")
@@ -24,7 +25,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 async def shown(config: Path, data: Path, limit: int) -> list[Shown]:
-    return await preview(load_settings(str(config), {"inputs": [str(data)]}), data, limit)
+    return await preview(
+        load_settings(str(config), {"inputs": [str(data)]}), LocalFile.at(data), limit
+    )
 
 
 async def test_csv_rows_before_and_after_with_verdicts() -> None:
@@ -107,7 +110,7 @@ async def test_native_input_without_mapping(tmp_path: Path) -> None:
 async def test_render_side_by_side_and_stacked() -> None:
     config, data = ECOMMERCE
     settings = load_settings(str(config), {"inputs": [str(data)]})
-    records = await preview(settings, data, 2)
+    records = await preview(settings, LocalFile.at(data), 2)
     wide = render(records, settings, data, 140).splitlines()
     assert wide[0] == f"{data} (csv) -> Miso interactions, first 2 records"
     assert wide[2].startswith("── line 2: valid ──") and len(wide[2]) == 140
@@ -159,7 +162,7 @@ async def test_a_deeply_nested_source_renders_within_the_width(tmp_path: Path) -
     data = tmp_path / "in.jsonl"
     data.write_bytes(b'{"user":"u1","x":' + b'{"b":' * 100 + b'"end"' + b"}" * 100 + b"}\n")
     settings = load_settings(str(config), {"inputs": [str(data)]})
-    records = await preview(settings, data, 1)
+    records = await preview(settings, LocalFile.at(data), 1)
     assert [r.verdict for r in records] == ["valid"]
     for width in (60, 140):
         out = render(records, settings, data, width).splitlines()

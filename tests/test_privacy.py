@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import hmac
@@ -27,12 +28,13 @@ from backfill.privacy import (
     find_pii,
     load_hash_key,
     luhn,
+    maybe_pii,
     parse_privacy,
     redact_text,
     truncate_ip,
 )
 from backfill.schema import RecordValidator, Rules
-from backfill.sources import Block, Problem, read_blocks
+from backfill.sources import START, Block, LocalFile, Problem, open_blocks
 from benchmarks.privacy import compare, compare_engine, table
 from tests.helpers import interaction, line
 
@@ -143,8 +145,9 @@ def test_delete_ids_are_hashed_so_they_hit_the_hashed_records(tmp_path: Path) ->
         assert t is not None
 
         async def collect(t: PrivacyTransform = t, kind: Any = kind) -> list[bytes]:
-            blocks = IdLines(kind).blocks(ids, read_blocks(ids))
-            return [x async for b in t.blocks(ids, blocks) for x in b.lines]
+            blocks = open_blocks(LocalFile.at(ids), START, [IdLines(kind), t])
+            async with contextlib.aclosing(blocks):
+                return [x async for b in blocks for x in b.lines]
 
         lines = asyncio.run(collect())
         assert lines == [
@@ -246,6 +249,16 @@ def test_truncated_ip_in_records_and_an_invalid_one_left_to_the_validator() -> N
     assert t.counts.ips_truncated == 3
 
 
+def test_an_address_ending_in_dot_zero_is_skipped_only_when_it_is_ipv4() -> None:
+    mapped = line({**interaction(1), "context": {"truncated_ip": "::ffff:198.51.100.0"}})
+    done = line({**interaction(2), "context": {"truncated_ip": "198.51.100.0"}})
+    t = transform(PrivacySettings(truncate_ip=True))
+    block = run(t, [mapped, done])
+    assert json.loads(block.lines[0])["context"]["truncated_ip"] == "198.51.100.0"
+    assert block.lines[1] == done
+    assert t.counts.ips_truncated == 1
+
+
 # -- PII detection ----------------------------------------------------------------------------
 
 FOUND = [
@@ -322,6 +335,13 @@ def test_prefilter_is_a_superset_of_the_exact_scan(text: str) -> None:
     """A record with PII must never skip the scan: every exact finding is a candidate."""
     if find_pii(text):
         assert candidate_offsets(json.dumps({"v": text}).encode())
+        assert maybe_pii(text)  # the same pre-filter, per decoded string in the scan
+
+
+@pytest.mark.parametrize(("text", "kinds"), FOUND)
+def test_the_per_string_prefilter_lets_every_finding_through(text: str, kinds: list[str]) -> None:
+    assert maybe_pii(text)
+    assert not maybe_pii("shoes size 42")
 
 
 def test_clean_generated_records_are_not_candidates() -> None:
@@ -444,7 +464,7 @@ def test_malformed_candidate_line_is_redacted_for_the_validator_to_dead_letter()
 # -- end to end on a real file --------------------------------------------------------------------
 
 
-def test_a_real_gzip_file_through_read_blocks_and_the_transform(tmp_path: Path) -> None:
+def test_a_real_gzip_file_through_open_blocks_and_the_transform(tmp_path: Path) -> None:
     records = [interaction(i, user=f"user{i % 7}@example.com") for i in range(3000)]
     for i in range(0, 3000, 100):
         records[i]["context"] = {"truncated_ip": f"10.1.{i % 250}.{i % 200 + 1}"}
@@ -457,7 +477,9 @@ def test_a_real_gzip_file_through_read_blocks_and_the_transform(tmp_path: Path) 
     assert t is not None
 
     async def collect() -> list[Block]:
-        return [b async for b in t.blocks(path, read_blocks(path, max_line_bytes=1 << 16))]
+        blocks = open_blocks(LocalFile.at(path), START, [t], max_line_bytes=1 << 16)
+        async with contextlib.aclosing(blocks):
+            return [b async for b in blocks]
 
     blocks = asyncio.run(collect())
     lines = [x for b in blocks for x in b.lines]

@@ -3,30 +3,35 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import gzip
 import json
 import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from backfill.errors import UsageError
+from backfill.ids import IdLines
 from backfill.server import RunningServer
 from backfill.sources import (
-    INFLATE_AHEAD,
-    INFLATE_PIECE,
     PREVIEW,
+    SCHEMES,
+    START,
     Block,
-    _Inflater,
-    discover,
+    Fingerprint,
+    LocalFile,
+    Start,
     find_sources,
-    read_blocks,
+    open_blocks,
 )
+from backfill.sources.reader import INFLATE_AHEAD, INFLATE_PIECE, _Inflater
 from tests.faultfs import FaultFS, FaultFSUnavailable
 from tests.helpers import dead_letters, interaction, line, numbers, run_engine
 
@@ -34,8 +39,14 @@ ROWS = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 300)) for i in range(20_000)]
 DATA = b"".join(r + b"\n" for r in ROWS)
 
 
-async def blocks(path: Path, **kw: int) -> list[Block]:
-    return [b async for b in read_blocks(path, **kw)]
+async def blocks(
+    path: Path, *, start_line: int = 0, start_offset: int = 0, max_line_bytes: int = 1 << 20
+) -> list[Block]:
+    opened = open_blocks(
+        LocalFile.at(path), Start(start_line, start_offset), max_line_bytes=max_line_bytes
+    )
+    async with contextlib.aclosing(opened):
+        return [b async for b in opened]
 
 
 def inflate(inflater: _Inflater, data: bytes) -> list[bytes]:
@@ -130,13 +141,14 @@ async def test_long_lines_bom_and_crlf(tmp_path: Path) -> None:
     assert last.end_offset(4) == path.stat().st_size + 1  # as if the last line ended with \n
 
 
-def test_discover_sorts_and_explains(tmp_path: Path) -> None:
+def test_find_sources_sorts_and_explains(tmp_path: Path) -> None:
     for name in ("b.jsonl", "a.jsonl.gz", "c.csv", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in discover([str(tmp_path)])] == ["a.jsonl.gz", "b.jsonl", "c.csv"]
-    assert [p.name for p in discover([str(tmp_path / "*.txt")])] == ["notes.txt"]
+    found = find_sources([str(tmp_path)])
+    assert [s.relative for s in found] == ["a.jsonl.gz", "b.jsonl", "c.csv"]
+    assert [s.relative for s in find_sources([str(tmp_path / "*.txt")])] == ["notes.txt"]
     with pytest.raises(Exception, match="no input file matches"):
-        discover([str(tmp_path / "*.parquet")])
+        find_sources([str(tmp_path / "*.parquet")])
 
 
 MB = 1 << 20
@@ -282,3 +294,72 @@ async def test_a_local_file_streams_its_bytes_from_an_offset(tmp_path: Path) -> 
     (tmp_path / "f.bin").write_bytes(data)
     [source] = find_sources([str(tmp_path / "f.bin")])
     assert b"".join([c async for c in source.chunks(1000)]) == data[1000:]
+
+
+@dataclass
+class MemorySource:
+    """A Source that is no file: bytes in memory, handed over in tiny chunks; it notes
+    where it was opened and how often its streams were closed."""
+
+    data: bytes
+    name: str = "mem://bucket/in.jsonl"
+    key: str = "mem://bucket/in.jsonl"
+    relative: str = "in.jsonl"
+    piece: int = 7
+    opened: list[int] = field(default_factory=list)
+    closed: int = 0
+
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(len(self.data), 0, str(zlib.crc32(self.data)), "")
+
+    async def chunks(self, offset: int) -> AsyncIterator[bytes]:
+        self.opened.append(offset)
+        try:
+            for at in range(offset, len(self.data), self.piece):
+                yield self.data[at : at + self.piece]
+        finally:
+            self.closed += 1
+
+
+async def _lines(source: MemorySource, start: Start = START) -> dict[int, bytes]:
+    opened = open_blocks(source, start)
+    async with contextlib.aclosing(opened):
+        return {b.first + i: x async for b in opened for i, x in enumerate(b.lines) if x}
+
+
+@pytest.mark.parametrize("gz", [False, True])
+async def test_any_source_is_read_and_resumed_like_a_file(gz: bool) -> None:
+    rows = ROWS[:300]
+    plain = b"".join(r + b"\n" for r in rows)
+    source = MemorySource(gzip.compress(plain, mtime=0) if gz else plain)
+    assert await _lines(source) == dict(enumerate(rows))
+    start = Start(200, sum(len(r) + 1 for r in rows[:200]))
+    source.opened.clear()
+    assert await _lines(source, start) == {i: rows[i] for i in range(200, 300)}
+    # gzip is inflated from the top; a plain source is opened again at the offset
+    assert source.opened == ([0] if gz else [0, start.offset])
+    assert source.closed == 1 + len(source.opened)  # every stream opened was closed
+
+
+async def test_open_blocks_closes_the_source_when_its_reader_stops_early() -> None:
+    source = MemorySource(DATA, piece=1 << 16)
+    mapping = IdLines("users")  # a transform in the chain: closed with the rest
+    opened = open_blocks(source, START, [mapping])
+    async with contextlib.aclosing(opened):
+        first = await anext(opened)
+    assert first.first == 0 and source.opened == [0] and source.closed == 1
+
+
+async def test_a_run_reads_a_registered_store_and_resumes_by_the_source_key(
+    tmp_path: Path, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [line(interaction(i)) for i in range(50)] + [b'{"type":"nope"}']
+    source = MemorySource(gzip.compress(b"".join(r + b"\n" for r in rows), mtime=0))
+    monkeypatch.setitem(SCHEMES, "mem", lambda item: [source])
+    first = await run_engine(tmp_path, server.url, server.secret_key, ["mem://bucket/*"])
+    assert (first["exit_code"], first["records_accepted"], first["records_invalid"]) == (0, 50, 1)
+    assert sorted(numbers(server.records("interactions"))) == list(range(50))
+    [letter] = dead_letters(tmp_path / "state" / "dead-letter.jsonl")
+    assert (letter["source"], letter["line"]) == ("mem://bucket/in.jsonl", 51)
+    again = await run_engine(tmp_path, server.url, server.secret_key, ["mem://bucket/*"])
+    assert again["this_leg"]["records_read"] == 0 and len(server.records("interactions")) == 50

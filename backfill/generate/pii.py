@@ -8,13 +8,14 @@ custom_context values, the query string of the page URL).
 
 from __future__ import annotations
 
-import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote
 
 import msgspec
+
+from backfill.generate.gaps import GapStream
 
 FIRST: Final = ("ana", "bob", "chen", "dara", "emil", "fatima", "gus", "hana", "ivan", "jo")
 LAST: Final = ("smith", "garcia", "muller", "rossi", "tanaka", "okafor", "dubois", "novak")
@@ -89,29 +90,8 @@ def _in_search(record: dict[str, Any], rng: random.Random) -> str:
     return "phone@search.keywords"
 
 
-class PiiStream:
-    """Which lines get PII: geometric gaps, as the defect stream, from their own RNG."""
-
-    def __init__(self, rate: float, rng: random.Random) -> None:
-        self._rate = rate
-        self._rng = rng
-        self.countdown = self._gap()
-
-    def positions(self, start: int, stop: int) -> Iterator[int]:
-        if self.countdown < 0:
-            return
-        index = start + self.countdown - 1
-        while index < stop:
-            yield index
-            index += self._gap()
-        self.countdown = index - stop + 1
-
-    def _gap(self) -> int:
-        if self._rate <= 0.0:
-            return -1
-        if self._rate >= 1.0:
-            return 1
-        return 1 + int(math.log(1.0 - self._rng.random()) / math.log(1.0 - self._rate))
+class PiiStream(GapStream):
+    """Which lines get PII (geometric gaps, as the defect stream), from their own RNG."""
 
     def apply(self, line: str) -> tuple[str, str]:
         record: dict[str, Any] = msgspec.json.decode(line)

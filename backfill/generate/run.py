@@ -8,7 +8,6 @@ identical to the clean run's with the same seed: defects replace lines, they nev
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import msgspec
 
 from backfill.generate import defects as breaks
 from backfill.generate.catalog import Catalog, user_records
+from backfill.generate.gaps import GapStream
 from backfill.generate.model import (
     LINE_DEFECTS,
     MANIFEST_NAME,
@@ -46,32 +46,12 @@ FLUSH_LINES: Final = 4096  # about 1.4 MiB of lines
 NOT_A_LINE: Final = frozenset({"empty_file", "truncated_gzip"})  # tags with no line to count
 
 
-class DefectStream:
-    """Which lines to break: geometric gaps (no per-line coin), kinds dealt in shuffled rounds."""
+class DefectStream(GapStream):
+    """Which lines to break (geometric gaps), kinds dealt in shuffled rounds."""
 
     def __init__(self, fraction: float, rng: random.Random) -> None:
-        self._fraction = fraction
-        self._rng = rng
         self._deck: list[str] = []
-        self.countdown = self.gap()
-
-    def positions(self, start: int, stop: int) -> Iterator[int]:
-        """Indexes in [start, stop) of the lines to break, as the stream of lines goes by."""
-        if self.countdown < 0:
-            return
-        index = start + self.countdown - 1
-        while index < stop:
-            yield index
-            index += self.gap()
-        self.countdown = index - stop + 1
-
-    def gap(self) -> int:
-        """Lines until the next defect (1 = the next line); 0 never comes when fraction is 0."""
-        if self._fraction <= 0.0:
-            return -1
-        if self._fraction >= 1.0:
-            return 1
-        return 1 + int(math.log(1.0 - self._rng.random()) / math.log(1.0 - self._fraction))
+        super().__init__(fraction, rng)
 
     def kind(self) -> str:
         if not self._deck:

@@ -19,7 +19,6 @@ last file bound, for debugging.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -56,9 +55,9 @@ class CompiledMapping:
         self.sources = {s for f in spec.fields.values() for s in f.sources}
         self.source = ""
 
-    def for_csv(self, columns: list[str], path: Path) -> RecordMapper:
+    def for_csv(self, columns: list[str], name: str) -> RecordMapper:
         """The mapper of a CSV file whose header is `columns`; UsageError if one is missing."""
-        return self._generate(CsvShape(columns, path))
+        return self._generate(CsvShape(columns, name))
 
     def for_json(self) -> RecordMapper:
         return self._generate(JsonShape())

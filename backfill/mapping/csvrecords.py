@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, NamedTuple
 
 from backfill.errors import UsageError
-from backfill.sources import Block, Problem, read_blocks
+from backfill.sources import START, Problem, Source, open_blocks
 
 UNTERMINATED: Final = (
     "unterminated quoted value: a quote opened on this line is never closed "
@@ -149,7 +148,7 @@ class ResumePoint:
 
 
 async def find_resume_point(
-    path: Path, start_line: int, dialect: Dialect, max_bytes: int, max_line_bytes: int
+    source: Source, start_line: int, dialect: Dialect, max_bytes: int, max_line_bytes: int
 ) -> ResumePoint:
     """Replays the framing from the top of the file (reading it, not parsing it)."""
     quote = dialect.quote.encode()
@@ -157,7 +156,7 @@ async def find_resume_point(
     columns: list[str] | None = None
     held: list[bytes] = []
     held_first = 0
-    blocks = cast(AsyncGenerator[Block, None], read_blocks(path, max_line_bytes=max_line_bytes))
+    blocks = open_blocks(source, START, max_line_bytes=max_line_bytes)
     async with contextlib.aclosing(blocks):
         async for block in blocks:
             lines, first = block.lines, block.first
@@ -173,7 +172,7 @@ async def find_resume_point(
                 opens=parser.opens_quote,
             )
             if columns is None:
-                header = header_in(parser, lines, spans, 0, cut, first, block.problems, path)
+                header = header_in(parser, lines, spans, 0, cut, first, block.problems, source.name)
                 columns = header[0] if header else None
             at = start_line - first
             if columns is not None and at < cut:
@@ -183,7 +182,7 @@ async def find_resume_point(
                 return ResumePoint(columns, start_line)
             held, held_first = lines[cut:], first + cut
     if columns is None:
-        raise UsageError(f"{path}: no header row: cannot resume a CSV file without one")
+        raise UsageError(f"{source.name}: no header row: cannot resume a CSV file without one")
     return ResumePoint(columns, start_line)
 
 
@@ -195,7 +194,7 @@ def header_in(
     cut: int,
     first: int,
     problems: Mapping[int, Problem],
-    path: Path,
+    name: str,
 ) -> tuple[list[str], int] | None:
     """The column names of the first non-blank record among lines [begin, cut), and the
     line after it; None when they are all blank."""
@@ -205,17 +204,18 @@ def header_in(
         raw = b"\n".join(lines[unit.start : unit.end])
         problem = problems.get(first + slot)
         if problem is not None or unit.broken is not None or (raw and not raw.isspace()):
-            return read_header(parser, raw, unit, problem, path, first + slot), unit.end
+            return read_header(parser, raw, unit, problem, name, first + slot), unit.end
         slot = unit.end
     return None
 
 
 def read_header(
-    parser: Parser, raw: bytes, unit: Unit, problem: Problem | None, path: Path, line: int
+    parser: Parser, raw: bytes, unit: Unit, problem: Problem | None, name: str, line: int
 ) -> list[str]:
-    """Column names from the header record; UsageError if there is no usable header."""
-    where = f"{path} line {line + 1}"
-    if problem is not None and problem.reason:
+    """Column names from the header record (of source `name`); UsageError if there is no
+    usable header."""
+    where = f"{name} line {line + 1}"
+    if problem is not None and not problem.filtered:
         raise UsageError(f"{where}: cannot read the CSV header: {problem.reason}")
     if unit.broken is not None:
         raise UsageError(f"{where}: cannot read the CSV header: {unit.broken}")

@@ -8,7 +8,6 @@ the lines of the generated function that read a source field, and copies the lef
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -41,7 +40,7 @@ class CsvShape(Shape):
 
     always_text = True
 
-    def __init__(self, columns: list[str], path: Path) -> None:
+    def __init__(self, columns: list[str], path: str) -> None:
         self.columns = columns
         self.path = path
         self.index: dict[str, int] = {}

@@ -3,24 +3,23 @@
 The [mapping] table of the config file (schema and example: backfill.mapping.spec) becomes a
 BlockTransform:
 
-    read_blocks ──Block (physical lines)──> MappingTransform.blocks ──Block (Miso JSON)──> batching
+    open_blocks ──Block (physical lines)──> MappingTransform.blocks ──Block (Miso JSON)──> batching
 
 The unit of a block stays the physical line, so that checkpoints and resume offsets keep
 meaning the same thing as for native files: `lines[i]` is the mapped record that *starts* on
 line `first + i`, a CSV record spanning several lines leaves b"" (blank) on its other lines,
-the header leaves b"", and `raw_lengths` holds the lines' lengths as stored. A record that
-cannot be mapped becomes a Problem with its reason (a dead letter); one left out on purpose a
-Problem without reason (counted as filtered). A multi-line record cut by the end of a block is
+the header leaves b"", and the new block keeps the lines' lengths as stored. A record that
+cannot be mapped is rejected with its reason (a dead letter); one left out on purpose is
+filtered, with the drop rule as its reason. A multi-line record cut by the end of a block is
 held back and emitted at the start of the next block.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 
@@ -37,7 +36,7 @@ from backfill.mapping.csvrecords import (
 from backfill.mapping.refusals import RULE_FAILURES, Dropped, RecordRefused, rule_failure
 from backfill.mapping.spec import MappingSpec, load_spec
 from backfill.schema import Kind, invalid_utf8, undecodable
-from backfill.sources import PREVIEW, Block, BlockTransform, Problem, read_blocks
+from backfill.sources import START, Block, BlockTransform, Problem, Source, open_blocks
 
 __all__ = ["MappingTransform", "Observations", "build_transform", "map_file_blocks"]
 
@@ -47,11 +46,10 @@ _decode_json = msgspec.json.decode
 @dataclass(slots=True)
 class Observations:
     """What `preview` wants to show besides the mapped lines, by first line index: each
-    record's parsed source (a column -> value dict for CSV, the decoded JSON value) and why
-    a record was left out on purpose. Collected only when asked for (not on a run)."""
+    record's parsed source (a column -> value dict for CSV, the decoded JSON value).
+    Collected only when asked for (not on a run)."""
 
     sources: dict[int, Any] = field(default_factory=dict)
-    dropped: dict[int, str] = field(default_factory=dict)
 
 
 def build_transform(settings: Settings) -> BlockTransform | None:
@@ -73,10 +71,10 @@ class MappingTransform:
         self._json_mapper: RecordMapper | None = None
 
     async def blocks(
-        self, path: Path, blocks: AsyncIterator[Block], observe: Observations | None = None
+        self, source: Source, blocks: AsyncIterator[Block], observe: Observations | None = None
     ) -> AsyncIterator[Block]:
         mapper: _JsonFile | _CsvFile = (
-            _CsvFile(self, path, observe) if self.spec.is_csv else _JsonFile(self, observe)
+            _CsvFile(self, source, observe) if self.spec.is_csv else _JsonFile(self, observe)
         )
         resumed = False
         async for block in blocks:
@@ -95,23 +93,13 @@ class MappingTransform:
         return self._json_mapper
 
 
-def _lengths(block: Block) -> list[int]:
-    lengths = list(map(len, block.lines))
-    for index, problem in block.problems.items():
-        lengths[index - block.first] = problem.length
-    return lengths
-
-
-def _problem(
-    exc: Exception, index: int, length: int, raw: bytes, observe: Observations | None
-) -> Problem:
-    """The Problem of a record the mapping dropped (no reason: filtered) or refused."""
+def _refuse(block: Block, slot: int, exc: Exception, raw: bytes) -> None:
+    """A record the mapping dropped on purpose (filtered, the rule as its reason) or refused."""
     if isinstance(exc, Dropped):
-        if observe is not None:
-            observe.dropped[index] = str(exc)
-        return Problem(None, length)
-    reason = str(exc) if isinstance(exc, RecordRefused) else rule_failure(exc)
-    return Problem(reason, length, raw[:PREVIEW])
+        block.filter(slot, str(exc))
+    else:
+        reason = str(exc) if isinstance(exc, RecordRefused) else rule_failure(exc)
+        block.reject(slot, reason, raw)
 
 
 class _JsonFile:
@@ -122,18 +110,24 @@ class _JsonFile:
         self.observe = observe
 
     def feed(self, block: Block) -> Block:
-        lengths = _lengths(block)
         first, mapper, observe = block.first, self.map, self.observe
-        out = [b""] * len(block.lines)
-        problems = dict(block.problems)
+        mapped = Block(
+            [b""] * len(block.lines),
+            first,
+            block.offset,
+            block.raw_bytes,
+            dict(block.problems),
+            block.warning,
+            block.stored_lengths(),
+        )
+        out = mapped.lines
         for slot, raw in enumerate(block.lines):
             if not raw or raw.isspace():
                 continue
             try:
                 source = _decode_json(raw)
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-                reason = undecodable(raw) or "malformed JSON"
-                problems[first + slot] = Problem(reason, lengths[slot], raw[:PREVIEW])
+                mapped.reject(slot, undecodable(raw) or "malformed JSON", raw)
                 continue
             if observe is not None:
                 observe.sources[first + slot] = source
@@ -142,8 +136,8 @@ class _JsonFile:
                     raise RecordRefused(f"expected a JSON object, got {_json_kind(source)}")
                 out[slot] = mapper(source)
             except (Dropped, RecordRefused, *RULE_FAILURES) as exc:
-                problems[first + slot] = _problem(exc, first + slot, lengths[slot], raw, observe)
-        return Block(out, first, block.offset, block.raw_bytes, problems, block.warning, lengths)
+                _refuse(mapped, slot, exc, raw)
+        return mapped
 
     def finish(self) -> Block | None:
         return None
@@ -161,10 +155,10 @@ class _CsvFile:
     """CSV/TSV with a header row: framing across blocks, the header, then rows."""
 
     def __init__(
-        self, transform: MappingTransform, path: Path, observe: Observations | None
+        self, transform: MappingTransform, source: Source, observe: Observations | None
     ) -> None:
         self.t = transform
-        self.path = path
+        self.source = source
         self.observe = observe
         self.parser = Parser(transform.dialect)
         self.quote = transform.dialect.quote.encode()
@@ -179,17 +173,17 @@ class _CsvFile:
 
     async def resume_at(self, line: int) -> None:
         point = await find_resume_point(
-            self.path, line, self.t.dialect, self.t.max_line_bytes, self.t.max_line_bytes
+            self.source, line, self.t.dialect, self.t.max_line_bytes, self.t.max_line_bytes
         )
         self._bind(point.columns)
         self.skip_to = point.first_record
 
     def _bind(self, columns: list[str]) -> None:
         self.columns = columns
-        self.map = self.t.compiled.for_csv(columns, self.path)
+        self.map = self.t.compiled.for_csv(columns, self.source.name)
 
     def feed(self, block: Block) -> Block:
-        lines, lengths = block.lines, _lengths(block)
+        lines, lengths = block.lines, block.stored_lengths()
         first, offset = block.first, block.offset
         if self.held:
             lines = self.held + lines
@@ -229,36 +223,34 @@ class _CsvFile:
         )
         found = {i: p for i, p in problems.items() if i < first + cut}
         if self.map is None:
-            header = header_in(self.parser, lines, spans, begin, cut, first, found, self.path)
+            name = self.source.name
+            header = header_in(self.parser, lines, spans, begin, cut, first, found, name)
             if header is not None:
                 self._bind(header[0])
             begin = header[1] if header is not None else cut
-        out = [b""] * cut
+        mapped = Block([b""] * cut, first, offset, raw_bytes, found, warning, lengths[:cut])
         if self.map is not None:
-            self._map_records(self.map, lines, lengths, spans, begin, cut, first, out, found)
+            self._map_records(self.map, lines, spans, begin, cut, mapped)
         if cut < len(lines):
             self.held, self.held_lengths = lines[cut:], lengths[cut:]
             self.held_first = first + cut
             self.held_offset = offset + sum(lengths[:cut]) + cut
         else:
             self.held, self.held_lengths = [], []
-        return Block(out, first, offset, raw_bytes, found, warning, lengths[:cut])
+        return mapped
 
     def _map_records(
         self,
         mapper: RecordMapper,
         lines: list[bytes],
-        lengths: list[int],
         spans: Mapping[int, Unit],
         begin: int,
         cut: int,
-        first: int,
-        out: list[bytes],
-        problems: dict[int, Problem],
+        mapped: Block,
     ) -> None:
         """The hot loop. Rows without quotes are split and mapped at once; quoted ones are
         parsed together after the loop (one csv reader per block)."""
-        observe, columns = self.observe, self.columns
+        observe, columns, first, out = self.observe, self.columns, mapped.first, mapped.lines
         quote, delimiter = self.parser.quote, self.parser.delimiter
         quoted: list[tuple[int, bytes, str]] = []
         end = begin  # the end of the record being skipped over
@@ -270,7 +262,7 @@ class _CsvFile:
             if unit is not None:
                 end = unit.end
                 if unit.broken is not None:
-                    problems[first + slot] = Problem(unit.broken, lengths[slot], raw[:PREVIEW])
+                    mapped.reject(slot, unit.broken, raw)
                     continue
                 raw = b"\n".join(lines[slot:end])
             if not raw or raw.isspace():
@@ -278,7 +270,7 @@ class _CsvFile:
             try:
                 text = raw.decode()
             except UnicodeDecodeError as exc:
-                problems[first + slot] = Problem(invalid_utf8(exc), lengths[slot], raw[:PREVIEW])
+                mapped.reject(slot, invalid_utf8(exc), raw)
                 continue
             if quote and quote in text:
                 quoted.append((slot, raw, text))
@@ -289,39 +281,32 @@ class _CsvFile:
             try:
                 out[slot] = mapper(row)
             except (Dropped, RecordRefused, *RULE_FAILURES) as exc:
-                problems[first + slot] = _problem(exc, first + slot, lengths[slot], raw, observe)
+                _refuse(mapped, slot, exc, raw)
         if quoted:
-            self._map_quoted(mapper, quoted, lengths, first, out, problems)
+            self._map_quoted(mapper, quoted, mapped)
 
     def _map_quoted(
-        self,
-        mapper: RecordMapper,
-        quoted: list[tuple[int, bytes, str]],
-        lengths: list[int],
-        first: int,
-        out: list[bytes],
-        problems: dict[int, Problem],
+        self, mapper: RecordMapper, quoted: list[tuple[int, bytes, str]], mapped: Block
     ) -> None:
-        observe = self.observe
+        observe, out = self.observe, mapped.lines
         rows = self.parser.parse_many([text for _, _, text in quoted])
         for (slot, raw, _), row in zip(quoted, rows, strict=True):
-            index = first + slot
             if isinstance(row, str):
-                problems[index] = Problem(row, lengths[slot], raw[:PREVIEW])
+                mapped.reject(slot, row, raw)
                 continue
             if observe is not None:
-                observe.sources[index] = dict(zip(self.columns, row, strict=False))
+                observe.sources[mapped.first + slot] = dict(zip(self.columns, row, strict=False))
             try:
                 out[slot] = mapper(row)
             except (Dropped, RecordRefused, *RULE_FAILURES) as exc:
-                problems[index] = _problem(exc, index, lengths[slot], raw, observe)
+                _refuse(mapped, slot, exc, raw)
 
 
 async def map_file_blocks(
-    transform: MappingTransform, path: Path, *, max_line_bytes: int = 1 << 20
+    transform: MappingTransform, source: Source, *, max_line_bytes: int = 1 << 20
 ) -> AsyncIterator[Block]:
-    """Convenience for tools and tests: a whole file, read and mapped."""
-    blocks = cast(AsyncGenerator[Block, None], read_blocks(path, max_line_bytes=max_line_bytes))
+    """Convenience for tools and tests: a whole source, read and mapped."""
+    blocks = open_blocks(source, START, [transform], max_line_bytes=max_line_bytes)
     async with contextlib.aclosing(blocks):
-        async for block in transform.blocks(path, blocks):
+        async for block in blocks:
             yield block

@@ -72,23 +72,40 @@ _EXACT: Final = re.compile(
 # for first (memchr), so a block without `\`, `%` or `+` costs a translate and two finds.
 _SKELETON: Final = bytes.maketrans(b"0123456789 -.%+", b"0000000000\x01\x01\x01\x01\x01")
 _SKELETON_MARKS: Final = (b"0" * 13, b"000\x010000")
-# a regex that starts with one literal byte scans at memchr speed; an alternation does not
-_MARKS: Final = {
-    b"\\": re.compile(rb"\\u00"),
-    b"%": re.compile(rb"%(?:40|2[Bb])"),
-    b"+": re.compile(rb"\+[0-9]"),
-}
+_ESCAPED: Final = re.compile(rb"\\u00")  # a literal first byte: the regex scans at memchr speed
+_PERCENT: Final = (b"40", b"2B", b"2b")  # %40 is @, %2B is +
+_DIGITS: Final = frozenset(b"0123456789")
 
 
 def candidate_offsets(data: bytes) -> list[int]:
     """Offsets in `data` (a line, or lines joined by newlines) where PII may be; [] for
-    none, the common case, which costs a few C-level scans of the bytes."""
+    none, the common case, which costs a few C-level scans of the bytes. `%` and `+` are
+    found with memchr and their next bytes checked one by one (both are rare in logs)."""
     hits = _all(data, b"@")
-    for char, mark in _MARKS.items():
-        if char in data:
-            hits += [found.start() for found in mark.finditer(data)]
+    if b"\\" in data:
+        hits += [found.start() for found in _ESCAPED.finditer(data)]
+    hits += [pos for pos in _all(data, b"%") if data[pos + 1 : pos + 3] in _PERCENT]
+    hits += [
+        pos for pos in _all(data, b"+") if data[pos + 1 : pos + 2] and data[pos + 1] in _DIGITS
+    ]
     skeleton = data.translate(_SKELETON)
     return hits + [pos for mark in _SKELETON_MARKS for pos in _all(skeleton, mark)]
+
+
+def maybe_pii(text: str) -> bool:
+    """The pre-filter for one decoded string: False means no exact pattern can match it."""
+    if len(text) < 6:  # a@b.co; phones and cards are longer still
+        return False
+    data = text.encode("utf-8", "surrogatepass")
+    if b"@" in data or (b"%" in data and any(m in data for m in (b"%40", b"%2B", b"%2b"))):
+        return True
+    if b"+" in data and any(d in data for d in _PLUS_DIGITS):
+        return True
+    skeleton = data.translate(_SKELETON)
+    return any(mark in skeleton for mark in _SKELETON_MARKS)
+
+
+_PLUS_DIGITS: Final = tuple(b"+%d" % d for d in range(10))
 
 
 def _all(data: bytes, mark: bytes) -> list[int]:
@@ -149,6 +166,8 @@ def scrub(value: Any, path: str, found: list[tuple[str, str]], redact: bool) -> 
     Only string values are scanned: keys and numbers are left as they are.
     """
     if type(value) is str:
+        if not maybe_pii(value):
+            return value
         if redact:
             text, kinds = redact_text(value)
         else:

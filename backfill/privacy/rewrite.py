@@ -9,8 +9,6 @@ from typing import Final
 
 import msgspec
 
-from backfill.sources import Block
-
 CACHE_SIZE: Final = 1 << 16  # rewritten values remembered (a user's events come in runs)
 
 
@@ -122,13 +120,3 @@ def swap_value(line: bytes, swap: tuple[bytes, bytes, bytes | None]) -> bytes:
 
 class Unusual(Exception):
     """A value spelled with escapes (or otherwise unlike its re-encoding): the regex path."""
-
-
-def freeze(block: Block) -> None:
-    """Block.freeze_lengths, with the lengths taken in one C-level pass (the hot path)."""
-    if block.raw_lengths is None:
-        lengths = list(map(len, block.lines))
-        for index, problem in block.problems.items():
-            lengths[index - block.first] = problem.length
-        block.raw_lengths = lengths
-    block.freeze_lengths()

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final, Literal
 
 import msgspec
 
 from backfill.errors import UsageError
 from backfill.privacy.detect import candidate_offsets, redact_text, scrub, truncate_ip
-from backfill.privacy.rewrite import IdFields, KeyRewriter, Swaps, Unusual, freeze, swap_value
+from backfill.privacy.rewrite import IdFields, KeyRewriter, Swaps, Unusual, swap_value
 from backfill.privacy.settings import HashKey, PiiMode, PrivacySettings, load_hash_key
 from backfill.schema import Kind
-from backfill.sources import PREVIEW, Block, Problem
+from backfill.sources import Block, Source
 
 HASHABLE: Final[dict[str, frozenset[str]]] = {
     "interactions": frozenset({"user_id", "anonymous_id"}),
@@ -96,18 +96,40 @@ class PrivacyTransform:
         self._ip_swaps = Swaps("truncated_ip", truncate_ip)
         self._hash_user = "user_id" in fields and upload
         self._hash_anonymous = "anonymous_id" in fields and upload
+        self._settings = settings
+
+    def fingerprint(self) -> str:
+        """The table and the key, for the checkpoint's settings: a resumed load with another
+        key or table would send ids that no longer join what earlier legs sent."""
+        table = msgspec.json.encode(self._settings, order="sorted")
+        key = self.key.fingerprint() if self.key is not None else ""
+        return hashlib.sha256(table + key.encode()).hexdigest()[:16]
+
+    def warning(self) -> str | None:
+        """In warn mode, the one line that says personal data went out as it was."""
+        found = self.counts.findings
+        if self.pii != "warn" or not found:
+            return None
+        kinds = Counter[str]()
+        for what, n in found.items():
+            kinds[what.partition("@")[0]] += n
+        listed = ", ".join(f"{n:,} {kind}" for kind, n in sorted(kinds.items()))
+        return (
+            f'[privacy] pii = "warn": personal data found and sent as it was ({listed}; by '
+            'field in the report\'s "privacy"); set pii = "redact" to keep it from Miso'
+        )
 
     @property
     def does_something(self) -> bool:
         return bool(self.fields) or self.truncate or self.pii != "off"
 
-    async def blocks(self, path: Path, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
+    async def blocks(self, source: Source, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
         async for block in blocks:
             self.apply(block)
             yield block
 
     def apply(self, block: Block) -> None:
-        """Rewrites the block in place (lines, raw_lengths, problems)."""
+        """Rewrites the block in place, through its methods (replace, reject)."""
         if self.delete:
             self._hash_bare_ids(block)
             return
@@ -124,8 +146,7 @@ class PrivacyTransform:
     def _rewrite(self, block: Block) -> None:
         """Ids and IPs, line by line: one msgspec decode of just those fields, then a bytes
         replace of `"field":value`; a value spelled another way (escapes) is re-encoded."""
-        freeze(block)
-        lines, decode = block.lines, self._decode_fields
+        lines, replace, decode = block.lines, block.replace, self._decode_fields
         hash_user, hash_anonymous, truncate = self._hash_user, self._hash_anonymous, self.truncate
         users, visitors, ips = self._user_swaps, self._anonymous_swaps, self._ip_swaps
         hashed = truncated = 0
@@ -137,21 +158,22 @@ class PrivacyTransform:
                 new = line
                 value = found.user_id
                 if value and hash_user and len(value) <= 512:
-                    new = swap_value(new, users[value])
+                    new = _swap(new, users[value])
                     hashed += 1
                 value = found.anonymous_id
                 if value and hash_anonymous and len(value) <= 1024:
-                    new = swap_value(new, visitors[value])
+                    new = _swap(new, visitors[value])
                     hashed += 1
                 context = found.context
-                if truncate and context is not None and context.truncated_ip is not None:
-                    swap = ips[context.truncated_ip]
+                ip = context.truncated_ip if truncate and context is not None else None
+                if ip and (ip[-2:] != ".0" or ":" in ip):  # an IPv4 /24 already: no entry
+                    swap = ips[ip]
                     new = swap_value(new, swap)
                     truncated += swap[2] is not None
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, Unusual):
                 new = self._by_record(line)
             if new is not line:
-                lines[i] = new
+                replace(i, new)
         self.counts.ids_hashed += hashed
         self.counts.ips_truncated += truncated
 
@@ -206,13 +228,11 @@ class PrivacyTransform:
         that were loaded hashed."""
         if self.key is None:
             return
-        freeze(block)
-        lines = block.lines
-        for i, line in enumerate(lines):
+        for i, line in enumerate(block.lines):
             if len(line) >= 2 and line[0] == 34 and line[-1] == 34:  # '"'
                 hashed = self.key.hash_json(line[1:-1])
                 if hashed is not None and hashed != line[1:-1]:
-                    lines[i] = b'"%s"' % hashed
+                    block.replace(i, b'"%s"' % hashed)
                     self.counts.ids_hashed += 1
 
     # -- PII ------------------------------------------------------------------------------
@@ -239,15 +259,12 @@ class PrivacyTransform:
             found = [(kind, "(malformed line)") for kind in kinds]
             clean = None
             if kinds and redact:
-                freeze(block)
-                block.lines[slot] = text.encode("utf-8", "surrogateescape")
+                block.replace(slot, text.encode("utf-8", "surrogateescape"))
         if not found:
             return
         self.counts.findings.update(f"{kind}@{path}" for kind, path in found)
         if self.pii == "warn" or clean is None:
             return
-        freeze(block)
-        assert block.raw_lengths is not None
         where = ", ".join(sorted({f"{kind} in {path}" for kind, path in found}))
         in_id = sorted({path for _, path in found if path in ID_PATHS})
         if self.pii == "dead-letter" or in_id:
@@ -257,12 +274,10 @@ class PrivacyTransform:
                 if self.pii == "redact"
                 else f'personal data ({where}); [privacy] pii = "dead-letter" keeps it from Miso'
             )
-            preview = _encode(clean)[:PREVIEW]
-            block.problems[block.first + slot] = Problem(reason, block.raw_lengths[slot], preview)
-            block.lines[slot] = b""
+            block.reject(slot, reason, _encode(clean))
             self.counts.records_dead_lettered += 1
             return
-        block.lines[slot] = _encode(clean)
+        block.replace(slot, _encode(clean))
         self.counts.records_redacted += 1
 
     def _clean_problems(self, block: Block) -> None:
@@ -279,3 +294,13 @@ class PrivacyTransform:
                 raw = text.encode("utf-8", "surrogateescape")
             if raw is not problem.raw:
                 block.problems[index] = problem._replace(raw=raw)
+
+
+def _swap(line: bytes, swap: tuple[bytes, bytes, bytes | None]) -> bytes:
+    """swap_value for a value that always changes (a hash): the common spelling costs one
+    scan of the line, not two."""
+    old, _, replacement = swap
+    if replacement is None:
+        return line
+    new = line.replace(old, replacement)
+    return swap_value(line, swap) if new is line else new

@@ -11,7 +11,7 @@ from backfill.config import load_settings
 from backfill.mapping import MappingTransform, build_transform, map_file_blocks
 from backfill.schema import RecordValidator, Rules
 from backfill.server import RunningServer
-from backfill.sources import Problem
+from backfill.sources import LocalFile, Problem
 from tests.helpers import run_engine
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -41,7 +41,7 @@ Outcome = dict[str, Any] | Problem
 async def run(transform: MappingTransform, path: Path) -> dict[int, Outcome]:
     """Line index -> the mapped record (decoded) or the Problem, for every non-blank slot."""
     got: dict[int, Outcome] = {}
-    async for block in map_file_blocks(transform, path):
+    async for block in map_file_blocks(transform, LocalFile.at(path)):
         for slot, line in enumerate(block.lines):
             if line:
                 got[block.first + slot] = json.loads(line)
@@ -56,7 +56,7 @@ async def rows(tmp_path: Path, table: str, text: str | bytes, name: str = "in.cs
 
 
 def reason(outcome: Outcome) -> str:
-    assert isinstance(outcome, Problem) and outcome.reason is not None, outcome
+    assert isinstance(outcome, Problem) and not outcome.filtered, outcome
     return outcome.reason
 
 

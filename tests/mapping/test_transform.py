@@ -11,7 +11,7 @@ from typing import Any
 
 from backfill.mapping import map_file_blocks
 from backfill.server import RunningServer
-from backfill.sources import Block, read_blocks
+from backfill.sources import Block, LocalFile, Start, open_blocks
 from tests.helpers import dead_letters, run_engine
 from tests.mapping.helpers import TEXT_TABLE, load_sample, make, multiline_csv
 
@@ -27,7 +27,7 @@ async def test_blocks_stay_contiguous_with_exact_offsets(tmp_path: Path) -> None
     transform = make(tmp_path, TEXT_TABLE)
     starts = [0, *(i + 1 for i, b in enumerate(data) if b == 10)]  # offset of each line
     next_line, records, boundaries = 0, [], 0
-    async for block in map_file_blocks(transform, path):
+    async for block in map_file_blocks(transform, LocalFile.at(path)):
         assert block.first == next_line and block.raw_lengths is not None
         assert len(block.raw_lengths) == len(block.lines)
         assert block.offset == starts[block.first]
@@ -47,7 +47,7 @@ async def test_resume_at_a_record_boundary_and_inside_a_record(tmp_path: Path) -
     transform = make(tmp_path, TEXT_TABLE)
     full: dict[int, bytes] = {}
     offsets: dict[int, int] = {}
-    async for block in map_file_blocks(transform, path):
+    async for block in map_file_blocks(transform, LocalFile.at(path)):
         for slot, line in enumerate(block.lines):
             offsets[block.first + slot] = block.end_offset(block.first + slot)
             if line:
@@ -58,8 +58,8 @@ async def test_resume_at_a_record_boundary_and_inside_a_record(tmp_path: Path) -
     assert inside not in full  # a continuation line: the record began on the line before
     for start in (at_record, inside):
         resumed: dict[int, bytes] = {}
-        blocks = read_blocks(path, start_offset=offsets[start], start_line=start)
-        async for block in transform.blocks(path, blocks):
+        blocks = open_blocks(LocalFile.at(path), Start(start, offsets[start]), [transform])
+        async for block in blocks:
             for slot, line in enumerate(block.lines):
                 if line:
                     resumed[block.first + slot] = line
@@ -79,7 +79,7 @@ async def test_a_record_held_across_hand_made_blocks(tmp_path: Path) -> None:
         for b in blocks:
             yield b
 
-    out = [b async for b in make(tmp_path, TEXT_TABLE).blocks(path, hand_made())]
+    out = [b async for b in make(tmp_path, TEXT_TABLE).blocks(LocalFile.at(path), hand_made())]
     assert [(b.first, len(b.lines), b.offset) for b in out] == [(0, 1, 0), (1, 3, 12), (4, 1, 25)]
     assert out[1].raw_lengths == [5, 1, 4] and out[1].lines[1:] == [b"", b""]
     assert out[1].end_offset(4) == 25
