@@ -41,8 +41,8 @@ import os
 import signal
 import sys
 import threading
-from collections import deque
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -62,6 +62,7 @@ from backfill.errors import (
     BackfillError,
     TooManyInvalid,
 )
+from backfill.privacy.transform import PrivacyCounts
 from backfill.progress import LegStats, Progress
 from backfill.ratelimit import share
 
@@ -201,6 +202,7 @@ class ParallelEngine(Engine):
                 if what == "done":
                     del live[k]
                     ready.add(k)
+                    self._add_privacy(value[3])
                     self._worker_ended(int(value[0]), value[1])
             if len(ready) == len(self._conns):
                 for k in asking:
@@ -224,6 +226,18 @@ class ParallelEngine(Engine):
         for n, name in enumerate(COUNTERS):
             total = sum(c[n] for c in self._latest.values())
             setattr(self.stats, name, getattr(self._base, name) + total)
+
+    def _add_privacy(self, counts: PrivacyCounts | None) -> None:
+        """The [privacy] step ran in the workers: its counts (and warning) are their sum."""
+        if counts is None or self._privacy is None:
+            return
+        mine = self._privacy.counts
+        for f in fields(counts):
+            ours, theirs = getattr(mine, f.name), getattr(counts, f.name)
+            if isinstance(ours, Counter):
+                ours.update(theirs)
+            else:
+                setattr(mine, f.name, ours + theirs)
 
     def _worker_ended(self, code: int, error: str | None) -> None:
         if severity(code) > severity(self.exit_code):
@@ -336,6 +350,9 @@ class WorkerEngine(Engine):
         self._cp.note_warning(message)
         print(f"warning: {message}", file=sys.stderr)
 
+    def privacy_counts(self) -> PrivacyCounts | None:
+        return self._privacy.counts if self._privacy is not None else None
+
     def counters(self) -> tuple[int, ...]:
         return tuple(getattr(self.stats, name) for name in COUNTERS)
 
@@ -354,7 +371,8 @@ def work(job: Job, conn: Connection) -> None:
         code, error = runner.run(engine.work())
     stop.set()
     reporter.join()
-    engine.say("done", (code, error, engine.counters()))
+    privacy = engine.privacy_counts()
+    engine.say("done", (code, error, engine.counters(), privacy))
     conn.close()
 
 

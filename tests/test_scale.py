@@ -21,6 +21,7 @@ import pytest
 from backfill.server import Faults, RunningServer
 from backfill.shards import Shard, owned_by, shard_of
 from backfill.sources import find_sources
+from tests import test_privacy_run as privacy
 from tests.helpers import interaction, line, write_lines
 from tests.test_resume import check_invariants, make_inputs
 
@@ -348,3 +349,29 @@ async def test_processes_share_one_dead_letter_file_entry_by_entry(
     assert sorted((Path(e["source"]).name, e["line"]) for e in entries) == sorted(
         (f"day-{f:02d}.jsonl{'.gz' if f % 2 else ''}", 6) for f in range(12)
     )
+
+
+async def test_the_privacy_step_in_workers_is_counted_and_warned_once(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    inputs = [str(privacy.jsonl(tmp_path / f"e{i}.jsonl", privacy.events())) for i in range(3)]
+    report_file = tmp_path / "report.json"
+    code, out, err = await privacy.cli(
+        server, "run", *inputs, "--config", str(privacy.config(tmp_path, "warn")),
+        "--state-dir", str(tmp_path / "state"), "--report", str(report_file),
+        "--progress", "off", "--processes", "2",
+    )  # fmt: skip
+    assert code == 0, err
+    stored = privacy.stored(server, "interactions")
+    assert len(stored) == 18
+    originals = {privacy.pseudonym(r["user_id"]) for r in privacy.events()}
+    assert {r["user_id"] for r in stored} == originals
+    report = json.loads(report_file.read_text())
+    assert (report["privacy"]["ids_hashed"], report["privacy"]["ips_truncated"]) == (36, 18)
+    assert report["privacy"]["pii_findings"] == {
+        "card@context.custom_context.note": 3,
+        "email@context.page.url": 3,
+        "phone@search.keywords": 3,
+    }
+    warned = [x for x in (out + err).splitlines() if x.startswith("warning: [privacy]")]
+    assert len(warned) == 1 and "(3 card, 3 email, 3 phone;" in warned[0]
