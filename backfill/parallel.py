@@ -2,10 +2,10 @@
 
     parent (ParallelEngine)                        worker processes (spawned, N)
       lists inputs, locks the state dir,             attach to the same checkpoint (no lock),
-      starts the leg, plans the resume  ──files──>   each pulls the next file index from a
-      (Engine.run, unchanged)            (a queue)   shared queue and loads it with the
-      sums the workers' counters  <──counters──      ordinary pipeline (Engine, unchanged)
-      one progress line, one report, end of leg
+      starts the leg, plans the resume  <──next?──   ask for the next file when free, and
+      (Engine.run, unchanged)           ──index──>   load it with the ordinary pipeline
+      sums the workers' counters       <─counters─   (Engine, unchanged)
+      one progress line, one report, end of leg      (one pipe per worker)
 
 Why one SQLite checkpoint shared by the workers, rather than one per worker or a parent that
 writes for everyone: a file's acknowledged ranges are found wherever they were written, so a
@@ -20,7 +20,9 @@ suppress, the end of the leg and the report) is the single-process code run once
 parent.
 
 Files are handed out one at a time as workers become free, so one large file does not leave
-the other cores idle. The dead-letter file is shared: each entry is one `write` on an
+the other cores idle. One pipe per worker rather than a shared multiprocessing queue: a
+queue's lock held by a worker that is killed (or killed by a late signal) would block every
+other worker for good; a pipe dies with its worker, which the parent reads as its end. The dead-letter file is shared: each entry is one `write` on an
 `O_APPEND` descriptor, opened by every worker before any file is handed out.
 
 Budgets are totals for the command: `--concurrency` (and rate caps) are split among the
