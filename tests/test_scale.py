@@ -375,3 +375,30 @@ async def test_the_privacy_step_in_workers_is_counted_and_warned_once(
     }
     warned = [x for x in (out + err).splitlines() if x.startswith("warning: [privacy]")]
     assert len(warned) == 1 and "(3 card, 3 email, 3 phone;" in warned[0]
+
+
+async def test_processes_send_one_version_of_each_product_across_files(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """Every worker plans the whole catalog: the newest version of an id wins whichever
+    worker reads which file."""
+
+    def product(pid: int, version: int) -> bytes:
+        return json.dumps({"product_id": f"p{pid}", "title": f"v{version}",
+                           "updated_at": f"2026-06-0{version}T00:00:00Z"}).encode()  # fmt: skip
+
+    for f in range(4):  # file f holds version f+1 of every product
+        write_lines(tmp_path / f"products-{f}.jsonl", [product(p, f + 1) for p in range(30)])
+    report_file = tmp_path / "report.json"
+    args = run_args(server, tmp_path / "state", *(str(p) for p in sorted(tmp_path.glob("*.jsonl"))))
+    code, out = await backfill(
+        *args, "--kind", "products", "--processes", "2", "--report", str(report_file),
+        key=server.secret_key,
+    )  # fmt: skip
+    assert code == 0, out
+    stored = [json.loads(r) for r in server.records("products")]
+    assert sorted((r["product_id"], r["title"]) for r in stored) == sorted(
+        (f"p{p}", "v4") for p in range(30)
+    )
+    report = json.loads(report_file.read_text())
+    assert (report["records_superseded"], report["records_accepted"]) == (90, 30)
