@@ -22,8 +22,9 @@ parent.
 Files are handed out one at a time as workers become free, so one large file does not leave
 the other cores idle. One pipe per worker rather than a shared multiprocessing queue: a
 queue's lock held by a worker that is killed (or killed by a late signal) would block every
-other worker for good; a pipe dies with its worker, which the parent reads as its end. The dead-letter file is shared: each entry is one `write` on an
-`O_APPEND` descriptor, opened by every worker before any file is handed out.
+other worker for good; a pipe dies with its worker, which the parent reads as its end.
+The dead-letter file is shared: each entry is one `write` on an `O_APPEND` descriptor,
+opened by every worker before any file is handed out.
 
 Budgets are totals for the command: `--concurrency` (and rate caps) are split among the
 workers. Signals: workers sit in their own process group and get SIGINT/SIGTERM from the
