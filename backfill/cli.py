@@ -27,7 +27,9 @@ from backfill.config import KEY_FILE_HELP, Settings, default_help, load_secret, 
 from backfill.engine import Engine
 from backfill.errors import EXIT_NEEDS_USER, EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
 from backfill.maintenance import read_ids
+from backfill.parallel import ParallelEngine
 from backfill.progress import render_report, write_report
+from backfill.shards import Shard, parse_shard
 from backfill.sources import LocalFile
 from backfill.state import REHEARSAL_DIRS, reset_state, status_text
 
@@ -141,6 +143,7 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     _flag(r, "--restart", help="discard the checkpoint and start over")
     _flag(r, "--yes", help="do not ask for confirmation")
     _flag(r, "--force", help="resume even though an input file changed")
+    _scale_args(p.add_argument_group("scale out"))
     p.set_defaults(func=cmd_run)
 
 
@@ -151,12 +154,57 @@ def _more_sending_args(g: argparse._ArgumentGroup) -> None:
     _flag(g, "--dry-run", help="read, validate and batch, but send nothing")
 
 
+def _scale_args(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--shard",
+        metavar="I/N|N",
+        help="load only shard I (0-based) of N; with N alone, I comes from "
+        "$JOB_COMPLETION_INDEX, $AWS_BATCH_JOB_ARRAY_INDEX or $SLURM_ARRAY_TASK_ID; "
+        "its checkpoint is <state-dir>/shard-I-of-N",
+    )
+    g.add_argument(
+        "--processes",
+        type=_processes,
+        metavar="N|auto",
+        help="worker processes on this machine; auto: one per usable core; --concurrency "
+        f"is the total for all of them {default_help('processes')}",
+    )
+
+
+def _processes(text: str) -> int:
+    if text == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _in_shard(settings: Settings, shard: Shard) -> Settings:
+    """A shard's checkpoint and dead letters live in its own subdir of the state root."""
+    dead_letter = settings.dead_letter
+    if dead_letter is not None:
+        path = Path(dead_letter)
+        dead_letter = str(path.with_name(f"{path.stem}.{shard.dir_name}{path.suffix}"))
+    return msgspec.structs.replace(
+        settings,
+        state_dir=str(Path(settings.state_dir) / shard.dir_name),
+        dead_letter=dead_letter,
+    )
+
+
 RUN_ONLY = {"config", "func", "command", "verbose", "argv"}
 DELETE_ONLY = RUN_ONLY | {"ids", "yes"}
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k, v in vars(args).items() if k not in RUN_ONLY}
+    if overrides.get("shard") is not None:  # the scheduler's environment is read here only
+        shard = parse_shard(overrides["shard"], os.environ)
+        overrides["shard"] = {"index": shard.index, "count": shard.count}
     if not overrides.get("inputs"):
         overrides.pop("inputs", None)
     return load_settings(args.config, overrides)
@@ -171,6 +219,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings.inputs:
         raise UsageError("no inputs: give files, directories or globs (or `inputs` in --config)")
+    if settings.shard is not None:
+        settings = _in_shard(settings, settings.shard)
     if settings.dry_run:  # its own checkpoint, started afresh every time
         settings = _in_subdir(settings, REHEARSAL_DIRS["dry-run"])
         reset_state(settings)
@@ -180,7 +230,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _confirm_restart(settings)
         reset_state(settings)
     secret = load_secret(settings)
-    engine = Engine(settings, secret, command=resume_command(args.argv))
+    if settings.processes > 1:
+        engine: Engine = ParallelEngine(settings, secret, command=resume_command(args.argv))
+    else:
+        engine = Engine(settings, secret, command=resume_command(args.argv))
     return _finish(settings, _run_async(engine.run()))
 
 
@@ -275,14 +328,20 @@ def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "status",
         help="what a checkpoint holds, and how to continue",
         description="Print what the checkpoint of a state dir holds: files done and partly "
-        "done, records acknowledged, and the command that continues the load. Reads only.",
+        "done, records acknowledged, and the command that continues the load; for a state root "
+        "shared by shards (--shard), each shard's checkpoint and the total. Reads only.",
     )
     p.add_argument(
         "--state-dir",
         default=Settings().state_dir,
         help=f"the state dir of the run {default_help('state_dir')}",
     )
-    p.set_defaults(func=lambda args: _print(status_text(Path(args.state_dir))))
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print it as JSON with the report's keys; a state root's shards under `shards`",
+    )
+    p.set_defaults(func=lambda args: _print(status_text(Path(args.state_dir), args.json)))
 
 
 def _print(text: str) -> int:

@@ -20,6 +20,7 @@ import msgspec
 from backfill.errors import UsageError
 from backfill.privacy.settings import PrivacySettings, parse_privacy
 from backfill.schema import Kind, Rules
+from backfill.shards import Shard
 from backfill.targets import target_for
 
 DEFAULT_ENDPOINT = "https://api.askmiso.com"
@@ -87,6 +88,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # where the key comes from (never the key itself)
     api_key_env: str = "MISO_API_KEY"
     api_key_file: str | None = None
+    # scale out (see backfill.shards and backfill.parallel)
+    shard: Shard | None = None  # this run loads only the inputs of this shard
+    processes: int = 1  # worker processes on this machine; budgets are split among them
 
     @property
     def effective_batch_size(self) -> int:
@@ -124,6 +128,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "max_attempts": self.max_attempts,
             "effective batch_size": self.effective_batch_size,
             "request_timeout": self.request_timeout,
+            "processes": self.processes,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -55,6 +55,7 @@ from backfill.privacy import build_privacy
 from backfill.progress import LegStats, Progress, plural, rehearsal_note
 from backfill.retry import RetryPolicy
 from backfill.schema import KINDS, RecordValidator
+from backfill.shards import owned_by
 from backfill.sources import (
     BlockTransform,
     Fingerprint,
@@ -123,10 +124,25 @@ class Engine:
     async def run(self) -> dict[str, Any]:
         """Runs one leg of the load and returns the report of the whole load."""
         settings = self.settings
-        sources = find_sources(settings.inputs)
+        sources = owned_by(find_sources(settings.inputs), settings.shard)
+        if settings.shard is not None and not sources:
+            print(settings.shard.nothing_to_do, file=self.out)
         fingerprints = await asyncio.to_thread(
             lambda: [(source, _fingerprint(source)) for source in sources]
         )
+        await self._plan_catalog(sources)
+        await self._cp.connect(
+            fresh=settings.restart or settings.dry_run,  # the command has just reset it
+            dead_letter=settings.dead_letter_path,
+        )
+        try:
+            return await self._run_leg(fingerprints)
+        finally:
+            await self._cp.close()
+
+    async def _plan_catalog(self, sources: list[Source]) -> None:
+        """Products and users: which line holds the newest version of each id."""
+        settings = self.settings
         self._index = {source.key: i for i, source in enumerate(sources)}
         if settings.kind != "interactions" and settings.operation == "upload":
             id_field = KINDS[settings.kind].id_field
@@ -137,14 +153,6 @@ class Engine:
                 [t for t in self._transforms if t is not self._privacy],
             )
             self._transforms.append(CatalogMarks(self._catalog, self._source_index))
-        await self._cp.connect(
-            fresh=settings.restart or settings.dry_run,  # the command has just reset it
-            dead_letter=settings.dead_letter_path,
-        )
-        try:
-            return await self._run_leg(fingerprints)
-        finally:
-            await self._cp.close()
 
     async def _run_leg(self, fingerprints: list[tuple[Source, Fingerprint]]) -> dict[str, Any]:
         files = await self._start_leg(fingerprints)

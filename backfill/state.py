@@ -46,12 +46,38 @@ def reset_state(settings: Settings) -> None:
                 os.unlink(leftover)
 
 
-def status_text(state_dir: Path) -> str:
-    """What the checkpoint holds. Only reads: a damaged or unreadable one is a message."""
+def status_text(state_dir: Path, as_json: bool = False) -> str:
+    """What the checkpoint holds, or each checkpoint of a state root that shards or worker
+    processes share, and their total. Only reads: a damaged or unreadable one is a message."""
+    parts = [] if (state_dir / DB_NAME).exists() else _parts(state_dir)
+    if not parts:
+        facts = _facts(state_dir)
+        if as_json:
+            return json.dumps({**_summary(state_dir, facts), "shards": []}, indent=2)
+        return "\n".join(_lines(state_dir, facts))
+    summaries = [_summary(path, _facts(path)) for path in parts]
+    total = _total(summaries)
+    if as_json:
+        return json.dumps({**total, "state_dir": str(state_dir), "shards": summaries}, indent=2)
+    return "\n".join(_root_lines(state_dir, summaries, total))
+
+
+def _parts(root: Path) -> list[Path]:
+    """The checkpoints one level below a state root (shards), rehearsals left out."""
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return []  # said by _facts, with the usual message
+    return [
+        p for p in children if p.name not in REHEARSAL_DIRS.values() and (p / DB_NAME).is_file()
+    ]
+
+
+def _facts(state_dir: Path) -> _Facts:
     try:
         db = open_readonly(state_dir)
         try:
-            facts = _read(db)
+            return _read(db)
         finally:
             db.close()
     except OSError as exc:
@@ -63,7 +89,97 @@ def status_text(state_dir: Path) -> str:
             f"cannot read the checkpoint {state_dir / DB_NAME} ({exc}): it is damaged, "
             "unreadable or not a checkpoint"
         ) from None
-    return "\n".join(_lines(state_dir, facts))
+
+
+# the numbers of a summary that add up over shards (duration_s: the longest, they run at once)
+SUMMED = (
+    "records_read",
+    "records_valid",
+    "records_invalid",
+    "records_filtered",
+    "records_accepted",
+    "records_rejected_by_server",
+    "records_assumed_delivered",
+    "possibly_duplicated",
+    "batches_sent",
+    "batches_acknowledged",
+    "batches_in_flight",
+    "retries",
+    "legs",
+    "files",
+    "files_done",
+)
+
+
+def _summary(state_dir: Path, facts: _Facts) -> dict[str, Any]:
+    """One checkpoint in the report's terms (the same keys as `backfill run --report`)."""
+    t, settings = facts.totals, json.loads(facts.meta.get("settings", "{}"))
+    code, error = facts.last if facts.last is not None else (None, None)
+    return {
+        "name": state_dir.name,
+        "state_dir": str(state_dir),
+        "kind": settings.get("kind"),
+        "status": _status(code, facts.done == len(facts.files)),
+        "exit_code": code,
+        "error": error,
+        "records_read": t.records_read,
+        "records_valid": t.records_valid,
+        "records_invalid": t.records_invalid,
+        "records_filtered": t.records_filtered,
+        "records_accepted": t.records_accepted,
+        "records_rejected_by_server": t.records_rejected_by_server,
+        "records_assumed_delivered": t.records_assumed_delivered,
+        "possibly_duplicated": t.possibly_duplicated,
+        "batches_sent": t.requests,
+        "batches_acknowledged": t.batches_acked,
+        "batches_in_flight": facts.inflight,
+        "retries": t.retries,
+        "duration_s": round(t.duration_s, 3),
+        "legs": t.legs,
+        "files": len(facts.files),
+        "files_done": facts.done,
+        "command": facts.meta.get("command"),
+        "warnings": facts.warnings,
+    }
+
+
+def _status(code: int | None, all_done: bool) -> str:
+    if code is None:
+        return "running or killed"
+    if code == 0:
+        return "completed" if all_done else "stopped"
+    return "interrupted" if code in (130, 143) else "stopped"
+
+
+def _total(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {key: sum(s[key] for s in summaries) for key in SUMMED}
+    total["duration_s"] = max(s["duration_s"] for s in summaries)
+    kinds = {s["kind"] for s in summaries}
+    total["kind"] = kinds.pop() if len(kinds) == 1 else sorted(str(k) for k in kinds)
+    statuses = {s["status"] for s in summaries}
+    total["status"] = statuses.pop() if len(statuses) == 1 else "mixed"
+    failed = [s["exit_code"] for s in summaries if s["exit_code"]]
+    total["exit_code"] = failed[0] if failed else 0
+    total["warnings"] = [f"{s['name']}: {w}" for s in summaries for w in s["warnings"]]
+    return total
+
+
+def _root_lines(root: Path, summaries: list[dict[str, Any]], total: dict[str, Any]) -> list[str]:
+    out = [f"state root:         {root} ({plural(len(summaries), 'checkpoint')})"]
+    width = max(len("total"), *(len(s["name"]) for s in summaries)) + 1
+    for s in [*summaries, {**total, "name": "total"}]:
+        out.append(
+            f"{s['name'] + ':':<{width}} {s['status']}; files {s['files_done']} done of "
+            f"{s['files']}; read {s['records_read']:,}, accepted {s['records_accepted']:,}, "
+            f"invalid {s['records_invalid']:,}, rejected {s['records_rejected_by_server']:,}, "
+            f"possibly duplicated {s['possibly_duplicated']:,}; in flight at the last stop "
+            f"{s['batches_in_flight']}"
+        )
+    for s in summaries:
+        if s["status"] != "completed" and s["command"]:
+            out.append(f"to continue {s['name']}: {s['command']}")
+    out += [f"warning: {warning}" for warning in total["warnings"]]
+    return out
 
 
 class _Facts(NamedTuple):

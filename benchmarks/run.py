@@ -24,6 +24,7 @@ from benchmarks import (
     plots,
     privacy,
     resume,
+    scaling,
 )
 from benchmarks.data import dataset
 from benchmarks.harness import RESULTS, BenchError, say
@@ -89,6 +90,7 @@ def run(plan: Plan) -> list[Section]:
     _timed("adaptive", adaptive.TITLE, lambda: adaptive.engine_section(plan.quick), sections)
     _timed("privacy", "privacy", lambda: privacy.section(plan.quick), sections)
     _timed("cloud", "cloud inputs", lambda: cloud.section(main), sections)
+    _timed("scaling", "scaling: processes", lambda: scaling.section(plan, main), sections)
     return sections
 
 
