@@ -447,3 +447,36 @@ async def test_a_connection_failing_mid_object_stops_resumably(
     assert code == 0, output
     assert Counter(server.records("interactions")) == Counter(rows)
     no_secret_in(output, tmp_path / "state", runner.report)
+
+
+async def test_shards_split_objects_by_key_and_together_load_each_once(
+    bucket: Any, tmp_path: Path, server: RunningServer
+) -> None:
+    """The shard of an object comes from its key below the glob's fixed prefix."""
+    (tmp_path / "upload").mkdir()
+    pattern, origin = upload_logs(bucket, tmp_path, files=6, per_file=300)
+    accepted = []
+    for shard in ("0/2", "1/2"):
+        runner = Runner(tmp_path, server, [pattern], "--shard", shard)
+        code, output = await runner.leg(None, 0)
+        assert code == 0, output
+        accepted.append(runner.final_report()["records_accepted"])
+    assert Counter(server.records("interactions")) == Counter(list(origin))
+    assert sum(accepted) == len(origin) == 1_800
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [
+        "shard-00-of-02",
+        "shard-01-of-02",
+    ]
+
+
+async def test_processes_read_objects_and_load_each_once(
+    bucket: Any, tmp_path: Path, server: RunningServer
+) -> None:
+    (tmp_path / "upload").mkdir()
+    pattern, origin = upload_logs(bucket, tmp_path, files=4, per_file=500)
+    runner = Runner(tmp_path, server, [pattern], "--processes", "2")
+    code, output = await runner.leg(None, 0)
+    assert code == 0, output
+    assert Counter(server.records("interactions")) == Counter(list(origin))
+    assert runner.final_report()["records_accepted"] == len(origin) == 2_000
+    no_secret_in(output, tmp_path / "state", runner.report)
