@@ -1,7 +1,7 @@
 """Measuring one contender alone: a subprocess, its own CPU seconds and peak RSS.
 
 Every contender (the engine, each baseline, each ceiling) runs as a child process reaped with
-`os.wait4`, so the CPU time and `ru_maxrss` are that child's and nobody else's: not the
+`os.wait4`, so the CPU time is that child's and nobody else's: not the
 harness's, not the server's. The embedded server is a subprocess too, started in count-only
 mode (`--store null --no-validate`) so that what is measured is the client.
 """
@@ -82,7 +82,9 @@ def run_measured(
         waiter = threading.Thread(target=wait, daemon=True)
         waiter.start()
         trace: list[tuple[float, float]] = []
+        peak_kb = 0  # the largest VmHWM of the child or any process it started
         while waiter.is_alive():
+            peak_kb = max(peak_kb, _tree_high_water_kb(proc.pid))
             elapsed = time.perf_counter() - started
             if elapsed > timeout:
                 proc.kill()
@@ -98,7 +100,9 @@ def run_measured(
         return Usage(
             wall_s=ended - started,
             cpu_s=rusage.ru_utime + rusage.ru_stime,
-            max_rss_mb=rusage.ru_maxrss / 1024,  # KiB on Linux
+            # VmHWM of the process itself: ru_maxrss starts from this harness's own RSS (a
+            # vforked child inherits it across exec), so it is only the fallback
+            max_rss_mb=(peak_kb or rusage.ru_maxrss) / 1024,  # KiB on Linux
             exit_code=proc.returncode,
             stdout=_read(out),
             stderr=_read(err),
@@ -112,14 +116,32 @@ def _read(fh: IO[bytes]) -> str:
 
 
 def _rss_mb(pid: int) -> float | None:
+    return (kb / 1024) if (kb := _status_kb(pid, b"VmRSS:")) else None
+
+
+def _tree_high_water_kb(pid: int) -> int:
+    """The largest peak RSS (VmHWM, KiB) of `pid` and its descendants, each on its own."""
+    peak, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        peak = max(peak, _status_kb(current, b"VmHWM:"))
+        try:
+            with open(f"/proc/{current}/task/{current}/children", "rb") as fh:
+                todo.extend(int(child) for child in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return peak
+
+
+def _status_kb(pid: int, field: bytes) -> int:
     try:
         with open(f"/proc/{pid}/status", "rb") as fh:
             for line in fh:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                if line.startswith(field):
+                    return int(line.split()[1])
     except (OSError, ValueError, IndexError):
-        return None
-    return None
+        return 0
+    return 0
 
 
 def cpu_seconds(pid: int) -> float | None:
