@@ -23,6 +23,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -427,10 +428,9 @@ class Engine:
 
     async def _read(self, files: list[FileState]) -> None:
         try:
-            for f in files:
-                if f.done:
-                    continue
-                await self._read_file(f)
+            async with contextlib.aclosing(self._to_read(files)) as todo:
+                async for f in todo:
+                    await self._read_file(f)
         except TooManyInvalid as exc:
             # stop reading, but deliver what was read: its dead letters are then all written
             # and the report counts exactly the lines the message speaks of
@@ -440,6 +440,12 @@ class Engine:
             return
         for _ in self._workers:
             await self._queue.put(None)
+
+    async def _to_read(self, files: list[FileState]) -> AsyncGenerator[FileState, None]:
+        """The files this process reads, in order (a worker of --processes asks its parent)."""
+        for f in files:
+            if not f.done:
+                yield f
 
     async def _read_file(self, f: FileState) -> None:
         settings, name = self.settings, f.source.name

@@ -45,6 +45,7 @@ import signal
 import sys
 import threading
 from collections import Counter, deque
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -63,7 +64,6 @@ from backfill.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     BackfillError,
-    TooManyInvalid,
 )
 from backfill.privacy.transform import PrivacyCounts
 from backfill.progress import LegStats, Progress
@@ -332,17 +332,9 @@ class WorkerEngine(Engine):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, self.on_early_signal)
 
-    async def _read(self, files: list[FileState]) -> None:
-        try:
-            while (i := await asyncio.to_thread(self._next_file)) is not None:
-                await self._read_file(files[i])
-        except TooManyInvalid as exc:
-            self.exit_code, self.error = exc.exit_code, self.secret.redact(str(exc))
-        except BackfillError as exc:
-            self._fail(exc)
-            return
-        for _ in self._workers:
-            await self._queue.put(None)
+    async def _to_read(self, files: list[FileState]) -> AsyncGenerator[FileState, None]:
+        while (i := await asyncio.to_thread(self._next_file)) is not None:
+            yield files[i]
 
     def _next_file(self) -> int | None:
         """The next file's index from the parent; None once there is none or we stop."""
