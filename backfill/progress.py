@@ -145,9 +145,15 @@ def render_report(report: dict[str, Any]) -> str:
     if report.get("note"):
         lines.append(f"  {report['note']}")
     for key, label in REPORT_ROWS:
+        if key == "records_superseded" and report.get("kind") == "interactions":
+            continue  # only a catalog keeps the newest version of an id
         value = report.get(key, 0)
         shown = f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
         lines.append(f"  {label:<{width}}  {shown:>14}")
+    for key, value in (report.get("privacy") or {}).items():
+        if isinstance(value, int):  # the findings by kind and field stay in the JSON report
+            label = f"privacy: {key.replace('_', ' ')}"
+            lines.append(f"  {label:<{width}}  {value:>14,}")
     lines.append(f"  {'dead-letter file':<{width}}  {report['dead_letter']}")
     for warning in report.get("warnings", []):
         lines.append(f"  warning: {warning}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from backfill.progress import LegStats, Progress
+from backfill.progress import LegStats, Progress, render_report
 
 
 def test_the_share_and_eta_follow_acknowledged_records_not_reading() -> None:
@@ -43,3 +43,19 @@ def test_a_resumed_leg_counts_what_earlier_legs_did() -> None:
     stats.bytes_done, stats.records_read, stats.records_accepted = 700, 30, 10
     text = progress.line(now=10.0)
     assert text.startswith(" 50.0% acknowledged (70.0% read)") and "ETA 0:50" in text
+
+
+def test_the_report_shows_only_rows_that_apply_and_the_privacy_counts() -> None:
+    report = {
+        "status": "completed",
+        "exit_code": 0,
+        "kind": "interactions",
+        "records_read": 3,
+        "dead_letter": "dl.jsonl",
+        "privacy": {"ids_hashed": 1234, "ips_truncated": 2, "pii_findings": {"email@x": 1}},
+    }
+    text = render_report(report)
+    assert "superseded by a newer version" not in text
+    assert "privacy: ids hashed" in text and "1,234" in text
+    assert "privacy: ips truncated" in text and "email@x" not in text
+    assert "superseded by a newer version" in render_report({**report, "kind": "products"})
