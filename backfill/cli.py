@@ -173,7 +173,8 @@ def _scale_args(g: argparse._ArgumentGroup) -> None:
 
 def _processes(text: str) -> int:
     if text == "auto":
-        return len(os.sched_getaffinity(0))
+        usable = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core
+        return len(usable(0)) if usable else os.cpu_count() or 1
     try:
         value = int(text)
     except ValueError:

@@ -71,7 +71,8 @@ class NotFound(Fatal):
 
 Answer = Accepted | SchemaRejected | TooLarge | Retryable | Fatal
 
-RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# and every other 5xx but 501 (Not Implemented: no retry makes it implemented)
+RETRY_STATUSES = frozenset({408, 425, 429})
 SUCCESS_MESSAGES = frozenset({"success", "deleted"})
 DEFAULT_KEY_SOURCE = "$MISO_API_KEY"
 
@@ -105,7 +106,7 @@ def classify(
         return SchemaRejected(_indexed(lines), body.message or _snippet(payload))
     if status == 413:
         return TooLarge()
-    if status in RETRY_STATUSES:
+    if status in RETRY_STATUSES or (500 <= status < 600 and status != 501):
         retry_after = _retry_after(headers.get("Retry-After"))
         return Retryable(f"HTTP {status}", retry_after, backpressure=True, label=str(status))
     if status == 400 and b"timeout" in payload.lower():  # Miso's own server-side timeout

@@ -142,14 +142,17 @@ class ConcurrencyLimit:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot in the same tick as the cancellation
-            else:
+            elif waiter in self._waiters:  # _hand_over may have dropped it already
                 self._waiters.remove(waiter)
             raise
 
     def _hand_over(self) -> None:
         while self._waiters and self._in_flight < self._limit:
+            waiter = self._waiters.popleft()
+            if waiter.done():  # cancelled, its task not yet run: it takes no slot
+                continue
             self._start()
-            self._waiters.popleft().set_result(None)
+            waiter.set_result(None)
 
     def _saw_demand(self) -> None:
         """Someone wanted a slot while all were taken (AdaptiveLimit's "limit reached")."""

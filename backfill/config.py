@@ -154,6 +154,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def _check_limits(self) -> None:
         """--max-concurrency, --initial-concurrency, the rate caps and --metrics-port."""
+        if self.processes > 1 and (self.metrics_port is not None or self.metrics_textfile):
+            # each worker would serve or write its own share under one name
+            raise UsageError(
+                "--metrics-port and --metrics-textfile work with one process only for now: "
+                "drop --processes, or run one process per shard (--shard) with its own metrics"
+            )
         if self.max_concurrency < 1:
             raise UsageError(f"--max-concurrency must be at least 1, got {self.max_concurrency}")
         if not 1 <= self.initial_concurrency <= self.max_concurrency:

@@ -37,8 +37,12 @@ class Entry(msgspec.Struct, omit_defaults=True):
 class DeadLetterFile:
     """Opened by `open` once the resume knows which entries to suppress."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, shared: bool = False) -> None:
+        """`shared`: other processes append to the same file (--processes workers), so a
+        failed write is never cut back (that could cut their entries); a torn tail is then
+        repaired by the next open."""
         self.path = path
+        self.shared = shared
         self._fd = -1
         self._suppress: set[tuple[str, int]] = set()
         self._encoder = msgspec.json.Encoder()
@@ -84,8 +88,9 @@ class DeadLetterFile:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, size)
+            if not self.shared:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, size)
             raise _unwritable(self.path, exc) from None
 
     def sync(self) -> None:

@@ -57,6 +57,7 @@ import uvloop
 
 from backfill.checkpoint import Checkpoint, FileState
 from backfill.config import Secret, Settings
+from backfill.deadletter import DeadLetterFile
 from backfill.engine import Engine
 from backfill.errors import (
     EXIT_NEEDS_USER,
@@ -219,7 +220,12 @@ class ParallelEngine(Engine):
             if len(ready) == len(self._conns):
                 for k in asking:
                     if k in live:
-                        live[k].send(pending.popleft() if pending else None)
+                        index = pending.popleft() if pending else None
+                        try:
+                            live[k].send(index)
+                        except OSError:  # it died after asking: its end is read next
+                            if index is not None:
+                                pending.appendleft(index)
                 asking.clear()
             now = asyncio.get_running_loop().time()
             if now - shown >= progress.interval:
@@ -294,6 +300,7 @@ class WorkerEngine(Engine):
         self._sending = threading.Lock()  # the pipe is written from two threads
         self._shared = SharedCheckpoint(Path(job.settings.state_dir))
         self._cp = self._shared
+        self._dlq = DeadLetterFile(job.settings.dead_letter_path, shared=True)
         self.early_signal = 0  # a signal before the pipeline took over the handling
 
     def on_early_signal(self, signum: int, frame: object) -> None:

@@ -144,3 +144,16 @@ async def test_the_embedded_server_answers_in_the_accepted_shapes(miso: RunningS
             ]
     assert all(isinstance(a, Accepted) for a in answers), answers
     assert len(answers) == 12
+
+
+@pytest.mark.parametrize("status", [500, 502, 505, 507, 520, 524, 599])
+def test_every_5xx_but_501_is_retried_back_pressure(status: int) -> None:
+    """miso-api.md: back off on 5xx; a proxy's 520-524 is a 5xx like any other."""
+    answer = classify(status, {"Retry-After": "3"}, b"<html>bad gateway</html>")
+    assert answer == Retryable(f"HTTP {status}", 3.0)
+    assert isinstance(answer, Retryable) and answer.backpressure and answer.label == str(status)
+
+
+def test_501_is_fatal() -> None:
+    answer = classify(501, {}, b'{"message": "not implemented"}')
+    assert isinstance(answer, Fatal) and isinstance(answer.error, ServerRefused)

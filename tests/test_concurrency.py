@@ -346,3 +346,31 @@ def test_simulated_queue_server_keeps_the_queue_short_and_follows_a_raise() -> N
     sim.capacity = 12
     sim.run(until=180.0)
     assert sim.limit.limit >= 12
+
+
+async def test_cancelling_holders_and_waiters_together_loses_no_slot() -> None:
+    """A drain timeout cancels every worker in one go: a release that runs before a cancelled
+    waiter's task does must skip that waiter, and no slot may be lost or over-counted."""
+    limit = FixedLimit(1)
+    entered = asyncio.Event()
+
+    async def hold() -> None:
+        async with limit.slot():
+            entered.set()
+            await asyncio.sleep(3600)
+
+    async def wait() -> None:
+        async with limit.slot():
+            await asyncio.sleep(3600)
+
+    holder = asyncio.create_task(hold())
+    await entered.wait()
+    waiters = [asyncio.create_task(wait()) for _ in range(2)]
+    await asyncio.sleep(0)  # both queue for the one slot
+    for task in [*waiters, holder]:  # waiters first: the holder's release then meets them
+        task.cancel()
+    results = await asyncio.gather(holder, *waiters, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+    assert limit.in_flight == 0
+    async with limit.slot():  # the slot is free again
+        assert limit.in_flight == 1

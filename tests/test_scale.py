@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -417,3 +418,15 @@ def test_worker_budgets_add_up_to_the_commands_fixed_or_adaptive() -> None:
     assert [s.max_concurrency for s in shares] == [4, 3, 3]
     assert [s.initial_concurrency for s in shares] == [2, 1, 1]
     assert all(s.concurrency_mode == "auto" and s.processes == 1 for s in shares)
+
+
+def test_metrics_with_processes_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    for metrics in (["--metrics-port", "0"], ["--metrics-textfile", str(tmp_path / "m.prom")]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "backfill", "run", str(tmp_path / "none.jsonl"),
+             "--processes", "2", "--state-dir", str(tmp_path / "state"), *metrics],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "work with one process only" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "state").exists()
