@@ -575,3 +575,13 @@ def test_ids_over_the_contract_limit_stay_for_the_validator_to_refuse() -> None:
     assert check(block.lines[0]) is not None and check(block.lines[1]) is not None
     ids = run(transform(operation="delete", kind="users"), [b'"%s"' % long_user.encode()])
     assert ids.lines == [b'"%s"' % long_user.encode()]
+
+
+def test_a_line_that_falls_back_to_a_full_decode_counts_each_id_once() -> None:
+    """The first id takes the fast path, the escaped second one sends the line to the slow
+    path, which hashes and counts both: each id is counted once, not three times."""
+    t = transform(PrivacySettings(hash_ids=["user_id", "anonymous_id"]))
+    block = run(t, [b'{"type":"search","user_id":"u1","anonymous_id":"a\\u0062"}'])
+    record = json.loads(block.lines[0])
+    assert (record["user_id"], record["anonymous_id"]) == (expected("u1"), expected("ab"))
+    assert t.counts.ids_hashed == 2

@@ -155,23 +155,26 @@ class PrivacyTransform:
                 continue
             try:
                 found = decode(line)
-                new = line
+                new, ids, ip_done = line, 0, False
                 value = found.user_id
                 if value and hash_user and len(value) <= 512:
                     new = _swap(new, users[value])
-                    hashed += 1
+                    ids += 1
                 value = found.anonymous_id
                 if value and hash_anonymous and len(value) <= 1024:
                     new = _swap(new, visitors[value])
-                    hashed += 1
+                    ids += 1
                 context = found.context
                 ip = context.truncated_ip if truncate and context is not None else None
                 if ip and (ip[-2:] != ".0" or ":" in ip):  # an IPv4 /24 already: no entry
                     swap = ips[ip]
                     new = swap_value(new, swap)
-                    truncated += swap[2] is not None
+                    ip_done = swap[2] is not None
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, Unusual):
-                new = self._by_record(line)
+                new = self._by_record(line)  # counts what it rewrites itself
+            else:  # counted only here: a line that fell back above is not counted twice
+                hashed += ids
+                truncated += ip_done
             if new is not line:
                 replace(i, new)
         self.counts.ids_hashed += hashed
