@@ -408,11 +408,7 @@ class Checkpoint:
         return await self._call(self._vanished, {f.id for f in present})
 
     def _vanished(self, present: set[int]) -> list[tuple[str, int | None, int]]:
-        rows = self._require().execute(
-            "SELECT f.id, f.path, f.lines, COALESCE(SUM(b.end_line - b.start_line), 0) "
-            "FROM files f LEFT JOIN batches b ON b.file_id = f.id "
-            "AND b.state IN ('acked', 'skipped') GROUP BY f.id ORDER BY f.path"
-        )
+        rows = read_settled(self._require())
         return [(path, lines, settled) for id_, path, lines, settled in rows if id_ not in present]
 
     async def take_ambiguous(self, mode: str, sources: dict[int, str]) -> list[AmbiguousRange]:
@@ -624,6 +620,16 @@ def read_warnings(db: sqlite3.Connection) -> list[str]:
     if not db.execute("SELECT 1 FROM sqlite_master WHERE name='warnings'").fetchone():
         return []  # a checkpoint from before warnings were kept, read without writing
     return [r[0] for r in db.execute("SELECT message FROM warnings ORDER BY rowid")]
+
+
+def read_settled(db: sqlite3.Connection) -> list[tuple[int, str, int | None, int]]:
+    """Each known file: (id, path, lines once read to its end, lines acknowledged or skipped).
+    Batches are acknowledged out of order, so only the sum tells a file that is done."""
+    return db.execute(
+        "SELECT f.id, f.path, f.lines, COALESCE(SUM(b.end_line - b.start_line), 0) "
+        "FROM files f LEFT JOIN batches b ON b.file_id = f.id "
+        "AND b.state IN ('acked', 'skipped') GROUP BY f.id ORDER BY f.path"
+    ).fetchall()
 
 
 def read_ambiguous(db: sqlite3.Connection) -> list[dict[str, Any]]:

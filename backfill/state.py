@@ -17,6 +17,7 @@ from backfill.checkpoint import (
     Totals,
     open_readonly,
     read_ambiguous,
+    read_settled,
     read_totals,
     read_warnings,
 )
@@ -195,16 +196,8 @@ class _Facts(NamedTuple):
 
 def _read(db: sqlite3.Connection) -> _Facts:
     files = db.execute("SELECT path, lines, warning FROM files ORDER BY path").fetchall()
-    covered = dict(
-        db.execute(
-            "SELECT f.path, MAX(b.end_line) FROM batches b JOIN files f ON f.id = b.file_id "
-            "WHERE b.state IN ('acked','skipped') GROUP BY f.path"
-        ).fetchall()
-    )
     done = sum(
-        1
-        for path, lines, _ in files
-        if lines is not None and (lines == 0 or covered.get(path, -1) >= lines)
+        1 for _, _, lines, settled in read_settled(db) if lines is not None and settled >= lines
     )
     return _Facts(
         read_totals(db),

@@ -374,3 +374,22 @@ async def test_a_full_disk_stops_cleanly_and_resumes_once_space_is_freed(
             501 * k for k in range(1, 11)
         ]
     check_delivered(server, good, report_of(report))
+
+
+async def test_status_counts_a_file_done_only_when_every_batch_is_settled(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """Batches are acknowledged out of order: a file whose last batch is acknowledged while
+    an earlier one was in flight at the stop is not done."""
+    args, _, state, _ = a_load(tmp_path, server, 300)
+    code, _, err = await backfill(*args, key=server.secret_key)
+    assert code == 0, err
+    code, out, _ = await backfill("status", "--state-dir", str(state))
+    assert "files:              1 done of 1 known" in out
+    db = sqlite3.connect(state / "checkpoint.sqlite")
+    with db:
+        db.execute("UPDATE batches SET state='inflight' WHERE start_line=0")
+    db.close()
+    code, out, _ = await backfill("status", "--state-dir", str(state))
+    assert code == 0
+    assert "files:              0 done of 1 known" in out
