@@ -243,10 +243,10 @@ class Sender:
         errors = answer.errors
         if answer.task_id and self._wait_tasks:
             errors = {**await self._task_errors(answer.task_id), **errors}
-        for i, message in errors.items():
-            if 0 <= i < len(records):
-                d.rejected.append(Rejected(lines[i], message, records[i], "server"))
-        d.accepted += len(records) - sum(1 for i in errors if 0 <= i < len(records))
+        refused = [(i, message) for i, message in errors.items() if 0 <= i < len(records)]
+        for i, message in refused:
+            d.rejected.append(Rejected(lines[i], message, records[i], "server"))
+        d.accepted += len(records) - len(refused)
 
     def _over_budget(self, batch: Batch, posted: int, answer: Answer) -> NeedsUser:
         return ServerRefused(

@@ -96,7 +96,7 @@ class Swaps(dict[str, tuple[bytes, bytes, bytes | None]]):
             self.clear()
         name = self.name
         new = self.compute(value)
-        compact = b'"%s":%s' % (name.encode(), _encode(value))
+        compact = encode_pair(name, value)
         spaced = compact.replace(b":", b": ", 1)
         found = self[value] = (compact, spaced, None if new == value else encode_pair(name, new))
         return found
