@@ -47,6 +47,7 @@ class Batch:
     invalid: list[Rejected] = field(default_factory=list)
     filtered: int = 0
     size: int = UPLOAD_ENVELOPE  # body bytes if sent as it is
+    read_at: float = 0.0  # --follow: when its last line was read (time.time()), for the lag
 
     @property
     def key(self) -> tuple[int, int]:
@@ -114,8 +115,14 @@ class BatchBuilder:
         done, self._done = self._done, []
         return done
 
+    @property
+    def pending(self) -> bool:
+        """A partial batch is open: what `finish()` would return."""
+        return self._batch is not None
+
     def finish(self) -> list[Batch]:
-        """The last partial batch (at end of file)."""
+        """The last partial batch (at end of file, or when --follow's linger is over: the
+        builder goes on from there with the next block)."""
         if self._batch is not None:
             self._batch.end_line, self._batch.end_offset = self._end
             self._done.append(self._batch)

@@ -127,6 +127,22 @@ def _row(batch: Batch) -> tuple[int, ...]:
     )
 
 
+def _appended(
+    source: Source,
+    row: tuple[Any, ...],
+    fp: Fingerprint,
+    grown: Callable[[Source, int], tuple[str, str]] | None,
+) -> bool:
+    """Is `source` the file of `row` with only bytes appended (or nothing but its mtime
+    changed)? Never without `grown` (--follow), never when it is smaller."""
+    if grown is None or fp.size < row[2]:
+        return False
+    try:
+        return grown(source, row[2]) == (row[4], row[5])
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class AmbiguousRange:
     """A range that was in flight at the last stop. `sent` False: its request was answered
@@ -168,8 +184,11 @@ class Totals:
 class Checkpoint:
     """Async facade; every method's SQL runs on the checkpoint thread."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, merge: bool = False) -> None:
         self.state_dir = state_dir
+        # --follow: an acknowledged batch is folded into the acknowledged range it continues,
+        # so hours of small batches keep one row per file, not one per batch
+        self.merge = merge
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -316,13 +335,20 @@ class Checkpoint:
             "to resume"
         )
 
-    def _tx(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> None:
-        """One transaction; a failure, COMMIT's own (a full disk) included, rolls it back."""
+    def _tx(
+        self,
+        statements: Iterable[tuple[str, tuple[Any, ...]]],
+        then: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """One transaction; a failure, COMMIT's own (a full disk) included, rolls it back.
+        `then` runs inside it, after the statements."""
         db = self._require()
         db.execute("BEGIN IMMEDIATE")
         try:
             for sql, params in statements:
                 db.execute(sql, params)
+            if then is not None:
+                then(db)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -359,13 +385,24 @@ class Checkpoint:
         return previous
 
     async def register_files(
-        self, files: list[tuple[Source, Fingerprint]], force: bool
+        self,
+        files: list[tuple[Source, Fingerprint]],
+        force: bool,
+        grown: Callable[[Source, int], tuple[str, str]] | None = None,
     ) -> list[FileState]:
-        """Each source's row, found by its key (for a local file, its absolute path)."""
-        return await self._call(self._register_files, files, force)
+        """Each source's row, found by its key (for a local file, its absolute path).
+
+        `grown` (--follow) tells a file that was only appended to from one that changed:
+        given a source and the size the checkpoint knew, the (head, tail) hashes of its
+        first that many bytes now. Equal to the stored ones: the file grew, its row takes
+        the new fingerprint and it is read on from where it was."""
+        return await self._call(self._register_files, files, force, grown)
 
     def _register_files(
-        self, files: list[tuple[Source, Fingerprint]], force: bool
+        self,
+        files: list[tuple[Source, Fingerprint]],
+        force: bool,
+        grown: Callable[[Source, int], tuple[str, str]] | None,
     ) -> list[FileState]:
         db = self._require()
         known = {
@@ -382,17 +419,19 @@ class Checkpoint:
                 fp.head,
                 fp.tail,
             ):
-                if not force:
+                appended = _appended(source, row, fp, grown)
+                if not (force or appended):
                     raise InputChanged(
                         f"input file {source.name} changed since the checkpoint was written "
                         f"(size {row[2]} -> {fp.size}); resuming could skip or repeat records. "
                         "Restore the file, use --restart, or --force to resume anyway"
                     )
+                lines = row[6] if appended and fp.size == row[2] else None
                 db.execute(
-                    "UPDATE files SET size=?, mtime_ns=?, head=?, tail=?, lines=NULL WHERE id=?",
-                    (fp.size, fp.mtime_ns, fp.head, fp.tail, row[0]),
+                    "UPDATE files SET size=?, mtime_ns=?, head=?, tail=?, lines=? WHERE id=?",
+                    (fp.size, fp.mtime_ns, fp.head, fp.tail, lines, row[0]),
                 )
-                row = (row[0], *row[1:6], None)
+                row = (row[0], *row[1:6], lines)
             if row is None:
                 cur = db.execute(
                     "INSERT INTO files (path, size, mtime_ns, head, tail) VALUES (?, ?, ?, ?, ?)",
@@ -401,6 +440,10 @@ class Checkpoint:
                 row = (int(cur.lastrowid or 0), key, fp.size, fp.mtime_ns, fp.head, fp.tail, None)
             states.append(FileState(int(row[0]), source, row[6]))
         return states
+
+    async def reopen_file(self, file_id: int) -> None:
+        """--follow: a file read to its end has grown since; it is no longer done."""
+        await self._call(self._tx, [("UPDATE files SET lines=NULL WHERE id=?", (file_id,))])
 
     async def vanished(self, present: list[FileState]) -> list[tuple[str, int | None, int]]:
         """Files an earlier leg knew that are not among this leg's inputs:
@@ -520,14 +563,18 @@ class Checkpoint:
                     (*batch.key, batch.end_line, outcome.maybe_twice, self.leg),
                 )
             )
-        await self._call(self._settle, statements, first)
+        merge = (batch.file_id, batch.start_line, batch.end_line) if self.merge else None
+        await self._call(self._settle, statements, first, merge)
 
     def _settle(
-        self, statements: list[tuple[str, tuple[Any, ...]]], first: Callable[[], None] | None
+        self,
+        statements: list[tuple[str, tuple[Any, ...]]],
+        first: Callable[[], None] | None,
+        merge: tuple[int, int, int] | None = None,
     ) -> None:
         if first is not None:
             first()
-        self._tx(statements)
+        self._tx(statements, then=(lambda db: _merge(db, *merge)) if merge else None)
 
     async def mark_unsent(self, batch: Batch) -> None:
         """The batch in flight was refused in a way that stores nothing: not ambiguous."""
@@ -566,6 +613,17 @@ class Checkpoint:
         except sqlite3.Error as exc:  # the warning was printed; the report may lack it
             log.warning("cannot keep a warning in the checkpoint: %s", exc)
 
+    def note_follow(self, facts: dict[str, Any]) -> None:
+        """--follow: how far behind the load is, for `backfill status` (meta `follow`).
+        Queued like a warning; a failure only leaves `status` with older figures."""
+        self._pool.submit(self._note_follow, json.dumps(facts, sort_keys=True))
+
+    def _note_follow(self, text: str) -> None:
+        try:
+            self._tx([("INSERT OR REPLACE INTO meta VALUES ('follow', ?)", (text,))])
+        except sqlite3.Error as exc:
+            log.warning("cannot keep the follow figures in the checkpoint: %s", exc)
+
     # -- reading -------------------------------------------------------------------------
 
     async def warnings(self) -> list[str]:
@@ -577,6 +635,37 @@ class Checkpoint:
 
     async def ambiguous_ranges(self) -> list[dict[str, Any]]:
         return await self._call(read_ambiguous, self._require())
+
+
+MERGED_KEY = "merged_batches"  # meta: acknowledged rows folded into their neighbours
+
+
+def _merge(db: sqlite3.Connection, file_id: int, start: int, end: int) -> None:
+    """Folds the acknowledged range [start, end) and the acknowledged ranges that end where
+    it starts or start where it ends into one row: the counts add up, the offsets span."""
+    rows = db.execute(
+        "SELECT start_line, end_line, start_offset, end_offset, records, invalid, filtered, "
+        "accepted, rejected, requests, retries FROM batches WHERE file_id=? AND state='acked' "
+        "AND (end_line=? OR start_line=? OR start_line=?) ORDER BY start_line",
+        (file_id, start, start, end),
+    ).fetchall()
+    if len(rows) < 2:
+        return
+    sums = [sum(r[i] for r in rows) for i in range(4, 11)]
+    db.execute(
+        "DELETE FROM batches WHERE file_id=? AND state='acked' AND start_line IN "
+        f"({','.join('?' * len(rows))})",
+        (file_id, *(r[0] for r in rows)),
+    )
+    db.execute(
+        "INSERT INTO batches VALUES (?, ?, ?, ?, ?, 'acked', ?, ?, ?, ?, ?, ?, ?)",
+        (file_id, rows[0][0], rows[-1][1], rows[0][2], rows[-1][3], *sums),
+    )
+    db.execute(
+        "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+        "value = CAST(value AS INTEGER) + excluded.value",
+        (MERGED_KEY, str(len(rows) - 1)),
+    )
 
 
 def read_totals(db: sqlite3.Connection) -> Totals:
@@ -613,6 +702,8 @@ def read_totals(db: sqlite3.Connection) -> Totals:
     # every request and retry of every leg, those of batches never acknowledged included
     t.requests, t.retries = int(row[2]), int(row[3])
     t.files_total = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+    merged = db.execute("SELECT value FROM meta WHERE key=?", (MERGED_KEY,)).fetchone()
+    t.batches_acked += int(merged[0]) if merged else 0
     return t
 
 

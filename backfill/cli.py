@@ -144,7 +144,22 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     _flag(r, "--yes", help="do not ask for confirmation")
     _flag(r, "--force", help="resume even though an input file changed")
     _scale_args(p.add_argument_group("scale out"))
+    _follow_args(p.add_argument_group("follow (load the history, then keep loading)"))
     p.set_defaults(func=cmd_run)
+
+
+def _follow_args(g: argparse._ArgumentGroup) -> None:
+    _flag(
+        g,
+        "--follow",
+        help="after the inputs present, keep loading what is appended to them "
+        "and new files, until SIGINT/SIGTERM",
+    )
+    _setting(g, "--linger", "--follow: seconds a partial batch waits before it goes", type=float)
+    _setting(g, "--poll-interval", "--follow: seconds between looks for new data", type=float)
+    _setting(
+        g, "--idle-timeout", "--follow: seconds without growth before a file is done", type=float
+    )
 
 
 def _more_sending_args(g: argparse._ArgumentGroup) -> None:

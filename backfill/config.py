@@ -91,6 +91,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # scale out (see backfill.shards and backfill.parallel)
     shard: Shard | None = None  # this run loads only the inputs of this shard
     processes: int = 1  # worker processes on this machine; budgets are split among them
+    # follow the inputs as they grow after the history is loaded (see backfill.follow)
+    follow: bool = False
+    linger: float = 1.0  # --follow: seconds a partial batch waits for more records
+    poll_interval: float = 0.25  # --follow: seconds between looks for new bytes and files
+    idle_timeout: float = 60.0  # --follow: seconds without growth before a file is done
 
     @property
     def effective_batch_size(self) -> int:
@@ -147,6 +152,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.since and self.until and self.since >= self.until:
             raise UsageError("--since must be earlier than --until")
         self._check_limits()
+        self._check_follow()
         if not self.endpoint.startswith(("http://", "https://")):
             raise UsageError(f"--endpoint must be an http(s) URL, got {self.endpoint!r}")
         # the base URL; "https://api.askmiso.com/v1" is a common way to write it too
@@ -175,6 +181,34 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise UsageError(f"--{name} must be a positive number, got {rate}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise UsageError(f"--metrics-port must be a port number, got {self.metrics_port}")
+
+    def _check_follow(self) -> None:
+        """--follow reads local interaction logs in one process (see README, --follow)."""
+        for name, value in (
+            ("linger", self.linger),
+            ("poll-interval", self.poll_interval),
+            ("idle-timeout", self.idle_timeout),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"--{name} must be a positive number of seconds, got {value}")
+        if not self.follow:
+            return
+        if self.kind != "interactions" or self.operation != "upload":
+            raise UsageError(
+                "--follow loads interactions only: products and users are deduplicated over "
+                "the whole input before the first batch, which a growing input never allows"
+            )
+        if self.processes > 1:
+            raise UsageError(
+                "--follow works with one process: drop --processes (a followed site writes "
+                "far less than one process sends), or split the inputs with --shard"
+            )
+        remote = [i for i in self.inputs if i.startswith(("s3://", "gs://"))]
+        if remote:
+            raise UsageError(
+                f"--follow watches local files only, not {remote[0]}: objects in a bucket "
+                "do not grow; load them without --follow and rerun to pick up new ones"
+            )
 
 
 def concurrency_words(values: dict[str, Any]) -> None:
@@ -282,6 +316,7 @@ _DEFAULT_WORDS: dict[str, str] = {
     "max_requests_per_second": "no cap",
     "metrics_port": "off",
     "metrics_textfile": "off",
+    "follow": "off",
 }
 
 

@@ -48,6 +48,7 @@ from backfill.errors import (
     TooManyInvalid,
     UsageError,
 )
+from backfill.follow import Follower, follow_sources, grown
 from backfill.hints import SAMPLES, hint
 from backfill.ids import IdLines, id_check
 from backfill.mapping import build_transform
@@ -108,7 +109,7 @@ class Engine:
         self._reader: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._ratio_checked = False
-        self._cp = Checkpoint(Path(settings.state_dir))
+        self._cp = Checkpoint(Path(settings.state_dir), merge=settings.follow)
         self._dlq = DeadLetterFile(settings.dead_letter_path)
         self._index: dict[str, int] = {}  # a source's key -> its index in sorted order
         self._never_loaded: list[str] = []  # files gone from the inputs, not loaded whole
@@ -119,14 +120,20 @@ class Engine:
         wanted = settings.metrics_port is not None or settings.metrics_textfile
         self.metrics: Metrics | None = Metrics() if wanted else None
         self._exporting = False  # the metrics textfile was written once: write it at exit
+        self._follower: Follower | None = None
+        if settings.follow:
+            self._follower = Follower(
+                settings, self._cp, self._transforms, self._builder, self._submit, self._warn
+            )
 
     # -- the run -------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
         """Runs one leg of the load and returns the report of the whole load."""
         settings = self.settings
-        sources = owned_by(find_sources(settings.inputs), settings.shard)
-        if settings.shard is not None and not sources:
+        listed = follow_sources if settings.follow else find_sources
+        sources = owned_by(listed(settings.inputs), settings.shard)
+        if settings.shard is not None and not sources and not settings.follow:
             print(settings.shard.nothing_to_do, file=self.out)
         fingerprints = await asyncio.to_thread(
             lambda: [(source, _fingerprint(source)) for source in sources]
@@ -184,7 +191,9 @@ class Engine:
         cp = self._cp
         current = self._settings_fingerprint()
         self._warn_changed(await cp.start_leg(current, self.command), current)
-        files = await cp.register_files(fingerprints, self.settings.force)
+        files = await cp.register_files(
+            fingerprints, self.settings.force, grown if self.settings.follow else None
+        )
         self._warn_vanished(await cp.vanished(files))
         sources = {f.id: f.source.name for f in files}
         stopped = await cp.take_ambiguous(self.settings.ambiguous, sources)
@@ -428,6 +437,8 @@ class Engine:
 
     async def _read(self, files: list[FileState]) -> None:
         try:
+            if self._follower is not None:
+                await self._follower.run(files)  # until a stop cancels it
             async with contextlib.aclosing(self._to_read(files)) as todo:
                 async for f in todo:
                     await self._read_file(f)
@@ -447,17 +458,21 @@ class Engine:
             if not f.done:
                 yield f
 
-    async def _read_file(self, f: FileState) -> None:
-        settings, name = self.settings, f.source.name
-        builder = BatchBuilder(
+    def _builder(self, f: FileState) -> BatchBuilder:
+        settings = self.settings
+        return BatchBuilder(
             f.id,
-            name,
+            f.source.name,
             self._check,
             max_records=settings.effective_batch_size,
             max_bytes=settings.max_batch_bytes,
             envelope=self._target.envelope,
             plan=f.plan,
         )
+
+    async def _read_file(self, f: FileState) -> None:
+        settings, name = self.settings, f.source.name
+        builder = self._builder(f)
         lines = f.start_line
         start = Start(f.start_line, f.start_offset)
         blocks = open_blocks(
@@ -577,6 +592,8 @@ class Engine:
             maybe_twice=delivery.accepted * delivery.ambiguous,
         )
         await self._cp.mark_acked(batch, outcome, leg=self._leg_counts(), first=sync)
+        if self._follower is not None:
+            self._follower.acked(batch)
         self.stats.records_accepted += delivery.accepted
         self.stats.records_rejected += len(rejected)
         if delivery.stop is not None:  # recorded first: what the server took stays acknowledged

@@ -9,6 +9,7 @@
     local      local files, directories and globs (LocalFile)
     cloud      s3:// and gs:// objects (ObjectSource, obstore: the optional cloud extra)
     reader     stored bytes -> blocks of lines (gzip, over-long lines, truncation)
+    tail       a local file that is still growing (--follow): complete lines only
     block      Block and Problem: the contract between the reader, transforms and batching
 
 Another store registers a finder in SCHEMES (s3:// and gs:// do, importing `cloud` on first
@@ -23,9 +24,16 @@ from typing import NamedTuple
 
 from backfill.errors import UsageError
 from backfill.sources.block import PREVIEW, Block, BlockTransform, Problem
-from backfill.sources.local import DATA_SUFFIXES, LocalFile, fingerprint, local_files
+from backfill.sources.local import (
+    DATA_SUFFIXES,
+    LocalFile,
+    fingerprint,
+    local_files,
+    prefix_hashes,
+)
 from backfill.sources.reader import read_blocks
 from backfill.sources.source import CHUNK, Fingerprint, Source
+from backfill.sources.tail import Tail
 
 __all__ = [
     "CHUNK",
@@ -40,9 +48,12 @@ __all__ = [
     "Problem",
     "Source",
     "Start",
+    "Tail",
     "find_sources",
     "fingerprint",
+    "follow_blocks",
     "open_blocks",
+    "prefix_hashes",
 ]
 
 # Finders of sources in other stores, by URL scheme ("s3", "gs"); each returns the sources
@@ -92,7 +103,7 @@ class Start(NamedTuple):
 START = Start()
 
 
-async def open_blocks(
+def open_blocks(
     source: Source,
     start: Start = START,
     transforms: Sequence[BlockTransform] = (),
@@ -105,11 +116,23 @@ async def open_blocks(
     at once (outermost first), so that a source is never left open by a reader that stops
     early (a preview, a sample, a stop).
     """
-    stages: list[AsyncIterator[Block]] = [
-        read_blocks(
-            source, start_offset=start.offset, start_line=start.line, max_line_bytes=max_line_bytes
-        )
-    ]
+    blocks = read_blocks(
+        source, start_offset=start.offset, start_line=start.line, max_line_bytes=max_line_bytes
+    )
+    return _chained(source, blocks, transforms)
+
+
+def follow_blocks(
+    source: Source, tail: Tail, transforms: Sequence[BlockTransform] = ()
+) -> AsyncGenerator[Block, None]:
+    """A growing file's blocks (--follow) through the same transforms: see `Tail`."""
+    return _chained(source, tail.blocks(), transforms)
+
+
+async def _chained(
+    source: Source, first: AsyncIterator[Block], transforms: Sequence[BlockTransform]
+) -> AsyncGenerator[Block, None]:
+    stages: list[AsyncIterator[Block]] = [first]
     for transform in transforms:
         stages.append(transform.blocks(source, stages[-1]))
     try:

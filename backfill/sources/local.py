@@ -82,8 +82,14 @@ def _fixed_prefix(pattern: str) -> str:
 
 def fingerprint(path: Path) -> Fingerprint:
     st = path.stat()
+    return Fingerprint(st.st_size, st.st_mtime_ns, *prefix_hashes(path, st.st_size))
+
+
+def prefix_hashes(path: Path, size: int) -> tuple[str, str]:
+    """The head and tail hashes of the file's first `size` bytes: equal to those of its
+    fingerprint when it was `size` bytes long, if it has only grown since (--follow)."""
     with open(path, "rb") as fh:
-        head = hashlib.sha256(fh.read(FINGERPRINT_BLOCK)).hexdigest()[:32]
-        fh.seek(max(0, st.st_size - FINGERPRINT_BLOCK))
-        tail = hashlib.sha256(fh.read(FINGERPRINT_BLOCK)).hexdigest()[:32]
-    return Fingerprint(st.st_size, st.st_mtime_ns, head, tail)
+        head = hashlib.sha256(fh.read(min(size, FINGERPRINT_BLOCK))).hexdigest()[:32]
+        fh.seek(max(0, size - FINGERPRINT_BLOCK))
+        tail = hashlib.sha256(fh.read(min(size, FINGERPRINT_BLOCK))).hexdigest()[:32]
+    return head, tail
