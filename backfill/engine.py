@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncGenerator
+from math import nan
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -321,6 +322,8 @@ class Engine:
             async with sending as sender:
                 self._sender = sender
                 progress.limit = lambda: sender.limit.limit
+                if self._follower is not None:
+                    progress.lag = self._follower.lag.line
                 endpoint = await self._start_metrics(sender)
                 async with asyncio.TaskGroup() as tg:
                     self._reader = tg.create_task(self._read(files))
@@ -359,6 +362,13 @@ class Engine:
                 "retries": s.retries,
             },
         )
+        if self._follower is not None:
+            lag = self._follower.lag
+            self.metrics.lag(
+                age=lambda: nan if (age := lag.age()) is None else age,
+                waiting=lambda: lag.waiting,
+                unread=lambda: lag.unread,
+            )
         if self.settings.metrics_textfile:
             self.metrics.write_textfile(self.settings.metrics_textfile)  # unwritable: stop now
             self._exporting = True

@@ -120,6 +120,26 @@ class Metrics:
         if rate_wait is not None:
             self._rate_wait.source = rate_wait
 
+    def lag(
+        self,
+        *,
+        age: Callable[[], float],
+        waiting: Callable[[], float],
+        unread: Callable[[], float],
+    ) -> None:
+        """--follow: how far behind the load is, read at every scrape like `follow`
+        (the age is NaN until a record with a timestamp is acknowledged)."""
+        self._gauge(
+            "follow_lag_seconds",
+            "Age of the newest record acknowledged, by its timestamp (--follow)",
+        ).set_function(age)
+        self._gauge(
+            "follow_records_waiting", "Records read and not yet acknowledged (--follow)"
+        ).set_function(waiting)
+        self._gauge(
+            "follow_unread_bytes", "Bytes appended to the followed files, not yet read (--follow)"
+        ).set_function(unread)
+
     def attempt(self, status: int | str, seconds: float | None, body_bytes: int) -> None:
         """One request attempt: its answer, its round trip (None if unanswered), its body."""
         self.requests.labels(status=str(status)).inc()

@@ -60,10 +60,18 @@ class Progress:
         self._bytes_at_start = stats.bytes_done
         # the current concurrency limit (it moves with --concurrency auto), once sending
         self.limit: Callable[[], int] | None = None
+        # --follow: the lag (newest record sent, records waiting) instead of a share and ETA
+        self.lag: Callable[[], str] | None = None
 
     def line(self, now: float | None = None) -> str:
         s = self.stats
         elapsed = (time.monotonic() if now is None else now) - s.started
+        if self.lag is not None:
+            return (
+                f"{self.lag()} | {s.records_accepted:,} accepted | "
+                f"{_rate(s.records_read, elapsed):,.0f} rec/s | in flight {s.in_flight} | "
+                f"retries {s.retries} | rejected {s.records_invalid + s.records_rejected}"
+            )
         total = s.bytes_total or 1
         acked = self._bytes_acknowledged()
         mb = (s.bytes_done - self._bytes_at_start) / 1e6

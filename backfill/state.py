@@ -141,6 +141,7 @@ def _summary(state_dir: Path, facts: _Facts) -> dict[str, Any]:
         "files_done": facts.done,
         "command": facts.meta.get("command"),
         "warnings": facts.warnings,
+        "follow": json.loads(facts.meta["follow"]) if "follow" in facts.meta else None,
     }
 
 
@@ -234,6 +235,8 @@ def _lines(state_dir: Path, facts: _Facts) -> list[str]:
         completed = code == 0 and facts.done == len(facts.files)
         state = "running or killed" if code is None else f"exit {code}"
         out.append(f"last leg:           {state}" + (f": {error}" if error else ""))
+    if "follow" in facts.meta:
+        out.append(_follow_line(json.loads(facts.meta["follow"]), facts.last))
     out += [f"warning: {warning}" for warning in facts.warnings]
     command = facts.meta.get("command")
     if completed:
@@ -242,6 +245,22 @@ def _lines(state_dir: Path, facts: _Facts) -> list[str]:
     elif command:
         out.append(f"to continue:        {command}")
     return [line for line in out if line]
+
+
+def _follow_line(follow: dict[str, Any], last: tuple[int | None, str | None] | None) -> str:
+    """--follow: whether the load is following, and how far behind it was at the last look."""
+    if last is not None and last[0] is not None:
+        return f"following:          stopped (exit {last[0]}); the same command follows again"
+    ago = max(0.0, time.time() - float(follow.get("updated") or 0))
+    age = follow.get("newest_record_age_s")
+    newest = "none yet" if age is None else f"{age:,.1f} s old"
+    state = "yes" if follow.get("following") and ago < 60 else "no news (killed?)"
+    return (
+        f"following:          {state} (figures of {ago:,.0f} s ago): "
+        f"{plural(int(follow.get('files_followed') or 0), 'file')} followed, newest record "
+        f"acknowledged {newest}, {plural(int(follow.get('records_waiting') or 0), 'record')} "
+        f"waiting, {int(follow.get('unread_bytes') or 0):,} bytes unread"
+    )
 
 
 def _rehearsals(state_dir: Path) -> str:
