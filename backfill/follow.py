@@ -161,6 +161,7 @@ class _Idle:
     line: int
     offset: int
     marked: bool  # marked read in the checkpoint (reopened if it grows)
+    inode: int  # another one under the same name: replaced, not followed
 
 
 @dataclass
@@ -284,7 +285,8 @@ class Follower:
         if f.done:
             st = await asyncio.to_thread(os.stat, path)
             if not await asyncio.to_thread(_gzipped, path):
-                self._idle[f.source.key] = _Idle(f, st.st_size, f.start_line, f.start_offset, True)
+                line, offset = f.start_line, f.start_offset
+                self._idle[f.source.key] = _Idle(f, st.st_size, line, offset, True, st.st_ino)
             return
         builder = self.builder_for(f)
         if await asyncio.to_thread(_gzipped, path):
@@ -305,24 +307,28 @@ class Follower:
         whole = not tail.waiting_for_newline
         if whole:
             await self._mark_read(active, tail.line)
-        self._idle[key] = _Idle(active.state, tail.size, tail.line, tail.offset, whole)
+        self._idle[key] = _Idle(
+            active.state, tail.size, tail.line, tail.offset, whole, tail.inode
+        )
         await self._drop(key)
 
     async def _wake_idle(self) -> None:
         """Idle files that grew are read again from where they stopped."""
         for key, idle in list(self._idle.items()):
             try:
-                size = (await asyncio.to_thread(os.stat, idle.state.source.name)).st_size
+                st = await asyncio.to_thread(os.stat, idle.state.source.name)
             except FileNotFoundError:
                 del self._idle[key]  # deleted (retention): it was read, nothing more comes
                 continue
-            if size == idle.size:
+            if st.st_size == idle.size and st.st_ino == idle.inode:
                 continue
             del self._idle[key]
-            if size < idle.size:
+            if st.st_size < idle.size or st.st_ino != idle.inode:
+                how = "replaced by another file" if st.st_ino != idle.inode else "truncated"
                 self.warn(
-                    f"{idle.state.source.name}: truncated after it was loaded "
-                    f"({idle.size:,} -> {size:,} bytes); not followed any more"
+                    f"{idle.state.source.name}: {how} after it was loaded (up to line "
+                    f"{idle.line:,}); not followed any more (rotation by renaming or "
+                    "copytruncate is not supported: see the README, --follow)"
                 )
                 continue
             if idle.marked:

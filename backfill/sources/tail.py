@@ -56,6 +56,10 @@ class Tail:
         return max(0, self.size - self.offset)
 
     @property
+    def inode(self) -> int:
+        return self._inode[1] if self._inode else 0
+
+    @property
     def waiting_for_newline(self) -> bool:
         return bool(self._carry) or self._long > 0
 
