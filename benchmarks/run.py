@@ -1,5 +1,5 @@
 """`make bench`: the engine against baselines and ceilings, plus memory, latency, resume,
-encoding, mapping, privacy, cloud-input and adaptive-concurrency sections; `BENCH_QUICK=1`
+encoding, mapping, privacy, cloud-input, adaptive-concurrency and follow sections; `BENCH_QUICK=1`
 for a CI-sized run.
 
 Prints each section as it finishes (Markdown tables read fine as text), then writes
@@ -18,6 +18,7 @@ from benchmarks import (
     cloud,
     contenders,
     encoding,
+    follow,
     latency,
     mapped,
     memory,
@@ -91,6 +92,7 @@ def run(plan: Plan) -> list[Section]:
     _timed("privacy", "privacy", lambda: privacy.section(plan.quick), sections)
     _timed("cloud", "cloud inputs", lambda: cloud.section(main), sections)
     _timed("scaling", "scaling: processes", lambda: scaling.section(plan, main), sections)
+    _timed("follow", "follow: append to arrival", lambda: follow.section(plan.quick), sections)
     return sections
 
 
