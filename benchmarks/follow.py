@@ -31,7 +31,7 @@ from typing import Any, Final
 import uvloop
 
 from backfill.server import RunningServer, ServerConfig, start_server
-from benchmarks.harness import KEY, BenchError, _status_kb, backfill, child_env, say, scratch_dir
+from benchmarks.harness import KEY, BenchError, backfill, child_env, say, scratch_dir
 from benchmarks.plan import current
 from benchmarks.report import Check, Section, table
 
@@ -146,6 +146,15 @@ async def measure(history: int, seconds: float, burst: int) -> dict[str, Any]:
         raise BenchError(f"the follower ended with exit {code}, expected 130: {work}/follower.log")
     wanted = set(range(history)) | set(range(1_000_000, 1_000_000 + writer.written))
     return _result(arrivals, wanted, rss)
+
+
+def _status_kb(pid: int, field: bytes) -> int:
+    """A /proc/PID/status figure in KiB (VmRSS, VmHWM); 0 if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            return next((int(x.split()[1]) for x in fh if x.startswith(field)), 0)
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 async def _until(proc: asyncio.subprocess.Process, check: Any, timeout: float, what: str) -> None:
