@@ -406,3 +406,40 @@ async def test_soak_short(tmp_path: Path, server: RunningServer) -> None:
 async def test_soak_many_kills(tmp_path: Path, server: RunningServer) -> None:
     """`make chaos`: twenty kills while a writer appends bursts to growing and new files."""
     await soak(tmp_path, server, kills=20, seed=7)
+
+
+async def _blocks_now(tail: Any, blocks: Any) -> list[Any]:
+    """The blocks a Tail yields until it has caught up (its heartbeat)."""
+    out = []
+    while True:
+        block = await anext(blocks)
+        if tail.caught_up:
+            return out
+        out.append(block)
+
+
+async def test_tail_yields_complete_lines_only_with_exact_offsets(tmp_path: Path) -> None:
+    from backfill.sources import Tail
+
+    path = tmp_path / "app.jsonl"
+    path.write_bytes(b"\xef\xbb\xbffirst\nsec")
+    tail = Tail(path, 0, 0, max_line_bytes=10)
+    tail.open()
+    blocks = tail.blocks()
+    [block] = await _blocks_now(tail, blocks)
+    assert (block.lines, block.first, block.offset, block.end) == ([b"first"], 0, 3, 9)
+    assert tail.waiting_for_newline and tail.unread == 3
+    with open(path, "ab") as fh:
+        fh.write(b"ond\n" + b"x" * 25)
+    [block] = await _blocks_now(tail, blocks)
+    assert (block.lines, block.first, block.end) == ([b"second"], 1, 16)
+    with open(path, "ab") as fh:
+        fh.write(b"x" * 5 + b"\nok\n")
+    [block] = await _blocks_now(tail, blocks)  # the 30-byte line is a problem, not buffered
+    assert block.lines == [b"", b"ok"] and block.first == 2
+    assert block.problems[2].length == 30 and "--max-line-bytes" in block.problems[2].reason
+    assert block.end_offset(3) == 47  # where "ok" starts: after the 30 bytes and a newline
+    assert block.end == 50 == path.stat().st_size == tail.offset
+    assert not tail.waiting_for_newline and tail.replaced is None
+    await blocks.aclose()
+    tail.close()
