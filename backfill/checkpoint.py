@@ -194,6 +194,7 @@ class Checkpoint:
         self._lock_fd: int | None = None
         self.leg = 0
         self.previous_leg_crashed = False  # the last leg never recorded its end (kill -9)
+        self.followed = False  # an earlier leg ran with --follow: its files may have grown
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -377,6 +378,7 @@ class Checkpoint:
             )
         last = db.execute("SELECT exit_code FROM legs ORDER BY id DESC LIMIT 1").fetchone()
         self.previous_leg_crashed = last is not None and last[0] is None
+        self.followed = db.execute("SELECT 1 FROM meta WHERE key='follow'").fetchone() is not None
         now = time.time()
         cur = db.execute("INSERT INTO legs (started, last_seen) VALUES (?, ?)", (now, now))
         self.leg = int(cur.lastrowid or 0)

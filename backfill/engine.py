@@ -192,8 +192,9 @@ class Engine:
         cp = self._cp
         current = self._settings_fingerprint()
         self._warn_changed(await cp.start_leg(current, self.command), current)
+        appended = self.settings.follow or cp.followed  # a followed file grows
         files = await cp.register_files(
-            fingerprints, self.settings.force, grown if self.settings.follow else None
+            fingerprints, self.settings.force, grown if appended else None
         )
         self._warn_vanished(await cp.vanished(files))
         sources = {f.id: f.source.name for f in files}

@@ -175,7 +175,6 @@ class Follower:
     submit: Callable[[Batch], Awaitable[None]]
     warn: Callable[[str], None]
     lag: Lag = field(default_factory=Lag)
-    bytes_read: int = 0
     _active: dict[str, _Active] = field(default_factory=dict)
     _idle: dict[str, _Idle] = field(default_factory=dict)
     _known: set[str] = field(default_factory=set)
@@ -249,7 +248,6 @@ class Follower:
                 raise InputUnreadable(f"cannot read {name}: {exc.strerror or exc}") from None
             if tail is not None and tail.caught_up:
                 return False
-            self.bytes_read += block.raw_bytes
             active.line = block.first + len(block.lines)
             for batch in active.builder.feed(block):
                 await self._send(batch)
@@ -279,27 +277,33 @@ class Follower:
 
     # -- files coming and going ------------------------------------------------------------
 
-    async def _admit(self, f: FileState, size: int | None = None) -> None:
+    async def _admit(self, f: FileState) -> None:
         """A file to read from its resume position (a done one is only watched)."""
         path = Path(f.source.name)
+        try:
+            size, inode, gzipped = await asyncio.to_thread(_look, path)
+            tail = None if gzipped or f.done else await asyncio.to_thread(self._tail, f)
+        except FileNotFoundError:
+            self.warn(f"{f.source.name}: gone before it could be followed")
+            return
         if f.done:
-            st = await asyncio.to_thread(os.stat, path)
-            if not await asyncio.to_thread(_gzipped, path):
+            if not gzipped:  # a compressed file is read once, whole
                 line, offset = f.start_line, f.start_offset
-                self._idle[f.source.key] = _Idle(f, st.st_size, line, offset, True, st.st_ino)
+                self._idle[f.source.key] = _Idle(f, size, line, offset, True, inode)
             return
-        builder = self.builder_for(f)
-        if await asyncio.to_thread(_gzipped, path):
+        if tail is None:
             start = Start(f.start_line, f.start_offset)
-            blocks = open_blocks(
-                f.source, start, self.transforms, max_line_bytes=self.settings.max_line_bytes
-            )
-            self._active[f.source.key] = _Active(f, blocks, builder, None, f.start_line)
-            return
-        tail = Tail(path, f.start_line, f.start_offset, max_line_bytes=self.settings.max_line_bytes)
+            most = self.settings.max_line_bytes
+            blocks = open_blocks(f.source, start, self.transforms, max_line_bytes=most)
+        else:
+            blocks = follow_blocks(f.source, tail, self.transforms)
+        self._active[f.source.key] = _Active(f, blocks, self.builder_for(f), tail, f.start_line)
+
+    def _tail(self, f: FileState) -> Tail:
+        most = self.settings.max_line_bytes
+        tail = Tail(Path(f.source.name), f.start_line, f.start_offset, max_line_bytes=most)
         tail.open()
-        blocks = follow_blocks(f.source, tail, self.transforms)
-        self._active[f.source.key] = _Active(f, blocks, builder, tail, f.start_line)
+        return tail
 
     async def _go_idle(self, key: str, active: _Active) -> None:
         tail = active.tail
@@ -307,24 +311,21 @@ class Follower:
         whole = not tail.waiting_for_newline
         if whole:
             await self._mark_read(active, tail.line)
-        self._idle[key] = _Idle(
-            active.state, tail.size, tail.line, tail.offset, whole, tail.inode
-        )
+        self._idle[key] = _Idle(active.state, tail.size, tail.line, tail.offset, whole, tail.inode)
         await self._drop(key)
 
     async def _wake_idle(self) -> None:
         """Idle files that grew are read again from where they stopped."""
-        for key, idle in list(self._idle.items()):
-            try:
-                st = await asyncio.to_thread(os.stat, idle.state.source.name)
-            except FileNotFoundError:
+        now = await asyncio.to_thread(_stats, [i.state.source.name for i in self._idle.values()])
+        for (key, idle), st in zip(list(self._idle.items()), now, strict=True):
+            if st is None:
                 del self._idle[key]  # deleted (retention): it was read, nothing more comes
                 continue
-            if st.st_size == idle.size and st.st_ino == idle.inode:
+            if st == (idle.size, idle.inode):
                 continue
             del self._idle[key]
-            if st.st_size < idle.size or st.st_ino != idle.inode:
-                how = "replaced by another file" if st.st_ino != idle.inode else "truncated"
+            if st[0] < idle.size or st[1] != idle.inode:
+                how = "replaced by another file" if st[1] != idle.inode else "truncated"
                 self.warn(
                     f"{idle.state.source.name}: {how} after it was loaded (up to line "
                     f"{idle.line:,}); not followed any more (rotation by renaming or "
@@ -371,9 +372,24 @@ async def _close(active: _Active) -> None:
             active.tail.close()
 
 
-def _gzipped(path: Path) -> bool:
+def _look(path: Path) -> tuple[int, int, bool]:
+    """(size, inode, gzip by its magic bytes) of a file about to be read or watched."""
     with open(path, "rb") as fh:
-        return fh.read(2) == GZIP_MAGIC
+        st = os.fstat(fh.fileno())
+        return st.st_size, st.st_ino, fh.read(2) == GZIP_MAGIC
+
+
+def _stats(paths: list[str]) -> list[tuple[int, int] | None]:
+    """(size, inode) of each path, None for one that is gone: one thread hop for all."""
+    found: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            found.append(None)
+            continue
+        found.append((st.st_size, st.st_ino))
+    return found
 
 
 def _fingerprints(sources: list[Source]) -> list[tuple[Source, Fingerprint]]:

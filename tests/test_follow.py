@@ -443,3 +443,36 @@ async def test_tail_yields_complete_lines_only_with_exact_offsets(tmp_path: Path
     assert not tail.waiting_for_newline and tail.replaced is None
     await blocks.aclose()
     tail.close()
+
+
+async def test_a_run_without_follow_finishes_a_followed_load(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """The last line without a newline, held by --follow, is sent by a plain run after it;
+    that run accepts the file that grew since (it was followed), and refuses a rewritten one."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / "app.jsonl"
+    last = line(interaction(5))
+    path.write_bytes(b"".join(line(interaction(i)) + b"\n" for i in range(5)) + last[:20])
+    run = Follow(tmp_path, server, [str(logs)])
+    await run.start()
+    await run.has(set(range(5)))
+    code, output = await run.stop(signal.SIGINT)
+    assert code == 130, output
+    with open(path, "ab") as fh:
+        fh.write(last[20:])  # complete, still without a newline: the file's last line
+    plain = [a for a in run.cmd if a != "--follow"]
+    proc = await asyncio.create_subprocess_exec(
+        *plain, env=run.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    assert sorted(run.stored()) == list(range(6))
+    assert dead_letters(run.state / "dead-letter.jsonl") == []
+    write_lines(path, [line(interaction(9))])  # rewritten: smaller, other bytes
+    proc = await asyncio.create_subprocess_exec(
+        *plain, env=run.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 2 and "changed since the checkpoint" in out.decode()
