@@ -89,7 +89,8 @@ def prefix_hashes(path: Path, size: int) -> tuple[str, str]:
     """The head and tail hashes of the file's first `size` bytes: equal to those of its
     fingerprint when it was `size` bytes long, if it has only grown since (--follow)."""
     with open(path, "rb") as fh:
-        head = hashlib.sha256(fh.read(min(size, FINGERPRINT_BLOCK))).hexdigest()[:32]
+        # at least one byte is read, then cut: an unreadable file (EIO) still says so
+        head = hashlib.sha256(fh.read(min(size, FINGERPRINT_BLOCK) or 1)[:size]).hexdigest()[:32]
         fh.seek(max(0, size - FINGERPRINT_BLOCK))
         tail = hashlib.sha256(fh.read(min(size, FINGERPRINT_BLOCK))).hexdigest()[:32]
     return head, tail
