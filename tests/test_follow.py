@@ -16,8 +16,10 @@ import random
 import signal
 import sqlite3
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,17 +140,40 @@ async def test_every_record_arrives_exactly_once_and_sigint_reports(
     assert "| newest record sent " in output  # the progress line shows the lag
 
 
-async def test_sigterm_ends_it_with_143_and_the_report(
+async def test_sigterm_ends_it_with_143_the_report_and_the_lag_metrics(
     tmp_path: Path, server: RunningServer
 ) -> None:
     logs = history(tmp_path, 30)
-    run = Follow(tmp_path, server, [str(logs / "*.jsonl")])
+    prom = tmp_path / "backfill.prom"
+    run = Follow(tmp_path, server, [str(logs / "*.jsonl")], "--metrics-textfile", str(prom))
+    started = time.time()
     await run.start()
     await run.has(set(range(30)))
     code, output = await run.stop(signal.SIGTERM)
     assert code == 143, output
     assert run.final_report()["status"] == "interrupted"
     assert "interrupted by SIGTERM" in output
+    samples = dict(x.split(" ") for x in prom.read_text().splitlines() if x[0] != "#")
+    assert samples["backfill_follow_records_waiting"] == "0.0"
+    assert samples["backfill_follow_unread_bytes"] == "0.0"
+    newest = datetime.fromisoformat(interaction(29)["timestamp"]).timestamp()
+    assert float(samples["backfill_follow_lag_seconds"]) >= started - newest  # by timestamps
+
+
+async def test_a_compressed_file_is_read_whole_once(tmp_path: Path, server: RunningServer) -> None:
+    logs = history(tmp_path, 10)
+    run = Follow(tmp_path, server, [str(logs)])
+    await run.start()
+    await run.has(set(range(10)))
+    tmp = tmp_path / "day.jsonl.gz"
+    write_lines(tmp, [line(interaction(i)) for i in range(100, 160)], gz=True)
+    os.replace(tmp, logs / "2026-05-31.jsonl.gz")  # appears complete
+    await run.has(set(range(100, 160)))
+    write_lines(logs / "2026-06-02.jsonl", [line(interaction(200))])  # a later round
+    await run.has({200})
+    code, output = await run.stop(signal.SIGINT)
+    assert code == 130, output
+    assert sorted(run.stored()) == [*range(10), *range(100, 160), 200]
 
 
 async def test_kill_9_and_restart_loses_nothing(tmp_path: Path, server: RunningServer) -> None:
@@ -304,6 +329,12 @@ async def test_status_shows_the_load_following(tmp_path: Path, server: RunningSe
 
     text = await _eventually(status, "following:          yes")
     assert "newest record acknowledged" in text and "0 records waiting" in text
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "backfill", "status", "--state-dir", str(run.state), "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    follow = json.loads((await proc.communicate())[0])["follow"]
+    assert follow["following"] is True and follow["records_waiting"] == 0
     code, _ = await run.stop(signal.SIGINT)
     assert code == 130
     assert "following:          stopped (exit 130)" in await status()
