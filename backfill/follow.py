@@ -7,7 +7,8 @@
 
 One reader task does it all, in rounds: every active file is read up to what exists now
 (each `Tail` yields a heartbeat when it has caught up), partial batches older than the linger
-go out, files that stopped growing become *idle*, then the round sleeps `poll_interval`.
+go out, files that stopped growing become *idle*, files waiting their turn are opened (at
+most MAX_OPEN at once), then the round sleeps `poll_interval`.
 A stop cancels the reader task, so a signal ends a wait at once; the partial batches it held
 were never in flight and are read again by the next leg.
 
@@ -28,7 +29,9 @@ import asyncio
 import contextlib
 import glob
 import os
+import resource
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +61,13 @@ from backfill.sources import (
 from backfill.sources.reader import GZIP_MAGIC
 
 PUBLISH_EVERY = 2.0  # seconds between the follow figures written for `backfill status`
+MAX_OPEN = 256  # files read at once; the others wait their turn (a history of many files)
+
+
+def max_open() -> int:
+    """MAX_OPEN, or a quarter of the descriptors this process may open if that is less."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return MAX_OPEN if soft == resource.RLIM_INFINITY else max(1, min(MAX_OPEN, soft // 4))
 
 
 def follow_sources(inputs: list[str]) -> list[Source]:
@@ -178,14 +188,15 @@ class Follower:
     _active: dict[str, _Active] = field(default_factory=dict)
     _idle: dict[str, _Idle] = field(default_factory=dict)
     _known: set[str] = field(default_factory=set)
+    _waiting: deque[FileState] = field(default_factory=deque)  # in order, not yet opened
     _next_listing: float = 0.0
     _next_publish: float = 0.0
+    _max_open: int = field(default_factory=max_open)
 
     async def run(self, files: list[FileState]) -> None:
         try:
-            for f in files:
-                self._known.add(f.source.key)
-                await self._admit(f)
+            self._known.update(f.source.key for f in files)
+            self._waiting.extend(files)
             while True:
                 await self._round()
                 await asyncio.sleep(self.settings.poll_interval)
@@ -204,6 +215,11 @@ class Follower:
             await self._discover()
         for key in list(self._active):
             await self._step(key, self._active[key])
+        while self._waiting and len(self._active) < self._max_open:
+            f = self._waiting.popleft()  # read at once: an old file is done and closed again
+            await self._admit(f)
+            if (active := self._active.get(f.source.key)) is not None:
+                await self._step(f.source.key, active)
         self.lag.files = len(self._active)
         self.lag.unread = sum(a.tail.unread for a in self._active.values() if a.tail)
         if now >= self._next_publish:
@@ -236,7 +252,7 @@ class Follower:
             await self._go_idle(key, active)
 
     async def _pump(self, active: _Active) -> bool:
-        """Blocks until the file has caught up (True: a compressed file has ended)."""
+        """Reads and batches until the file has caught up (True: a compressed one ended)."""
         tail = active.tail
         while True:
             try:
@@ -249,7 +265,10 @@ class Follower:
             if tail is not None and tail.caught_up:
                 return False
             active.line = block.first + len(block.lines)
-            for batch in active.builder.feed(block):
+            full = active.builder.feed(block)
+            if full:  # whatever is pending now started after them
+                active.pending_since = None
+            for batch in full:
                 await self._send(batch)
             if active.builder.pending and active.pending_since is None:
                 active.pending_since = time.monotonic()
@@ -286,6 +305,8 @@ class Follower:
         except FileNotFoundError:
             self.warn(f"{f.source.name}: gone before it could be followed")
             return
+        except OSError as exc:
+            raise InputUnreadable(f"cannot read {f.source.name}: {exc.strerror or exc}") from None
         if f.done:
             if not gzipped:  # a compressed file is read once, whole
                 line, offset = f.start_line, f.start_offset
@@ -337,7 +358,7 @@ class Follower:
             f = idle.state
             f.lines, f.start_line, f.start_offset = None, idle.line, idle.offset
             f.plan = Plan()  # everything before is settled or in flight
-            await self._admit(f)
+            self._waiting.append(f)
 
     async def _discover(self) -> None:
         """New files under the inputs, registered and read in name order."""
@@ -351,8 +372,7 @@ class Follower:
         self._known.update(source.key for source, _ in found)
         files = await self.cp.register_files(found, self.settings.force, grown)
         await self.cp.plan_files(files, [])
-        for f in files:
-            await self._admit(f)
+        self._waiting.extend(files)
 
     async def _mark_read(self, active: _Active, lines: int) -> None:
         warning = "; ".join(active.builder.warnings) or None

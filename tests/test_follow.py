@@ -160,6 +160,30 @@ async def test_sigterm_ends_it_with_143_the_report_and_the_lag_metrics(
     assert float(samples["backfill_follow_lag_seconds"]) >= started - newest  # by timestamps
 
 
+async def test_many_growing_files_are_read_a_few_at_a_time(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """150 files written just now under a limit of 150 descriptors: the follower opens a
+    quarter of that at once, the others wait until those are idle, and every record arrives
+    (opening them all at once would run out of descriptors)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    soon = time.time() + 4  # written "in 4 s": none is idle before then
+    for i in range(150):
+        write_lines(logs / f"part-{i:03d}.jsonl", [line(interaction(i))])
+        os.utime(logs / f"part-{i:03d}.jsonl", (soon, soon))
+    run = Follow(tmp_path, server, [str(logs)], "--idle-timeout", "1")
+    real = run.cmd[0]
+    limit = "import resource,os,sys; resource.setrlimit(resource.RLIMIT_NOFILE, (150, 150));"
+    run.cmd[:1] = [real, "-c", f"{limit} os.execv(sys.executable, sys.argv[1:])", real]
+    await run.start()
+    await run.has(set(range(150)))
+    code, output = await run.stop(signal.SIGINT)
+    assert code == 130, output
+    assert sorted(run.stored()) == list(range(150))
+    assert "Too many open files" not in output
+
+
 async def test_a_compressed_file_is_read_whole_once(tmp_path: Path, server: RunningServer) -> None:
     logs = history(tmp_path, 10)
     run = Follow(tmp_path, server, [str(logs)])
