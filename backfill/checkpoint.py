@@ -200,14 +200,19 @@ class Checkpoint:
 
     @classmethod
     async def open(
-        cls, state_dir: Path, *, fresh: bool = False, dead_letter: Path | None = None
+        cls,
+        state_dir: Path,
+        *,
+        fresh: bool = False,
+        dead_letter: Path | None = None,
+        merge: bool = False,
     ) -> Checkpoint:
         """Locks the state dir and opens its checkpoint, creating it on a first run.
 
         A missing or empty checkpoint in a state dir that shows an earlier run (its lock,
         WAL files, dead letters) is refused unless `fresh` (--restart): starting afresh
         would send again every record that run had acknowledged."""
-        cp = cls(state_dir)
+        cp = cls(state_dir, merge=merge)
         await cp.connect(fresh=fresh, dead_letter=dead_letter)
         return cp
 

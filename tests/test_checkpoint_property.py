@@ -13,6 +13,7 @@ import contextlib
 import sqlite3
 import tempfile
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -30,10 +31,16 @@ def _check(raw: bytes) -> str | None:
 
 
 async def _leg(
-    state: Path, path: Path, batch_size: int, data: st.DataObject, last: bool, mode: str
+    state: Path,
+    path: Path,
+    batch_size: int,
+    data: st.DataObject,
+    last: bool,
+    mode: str,
+    merge: bool = False,
 ) -> list[int]:
     """One leg; returns the line indexes it delivered to the model server."""
-    cp = await Checkpoint.open(state)
+    cp = await Checkpoint.open(state, merge=merge)
     delivered: list[int] = []
     try:
         await cp.start_leg({"kind": "interactions"}, "test")
@@ -80,10 +87,12 @@ async def _leg(
     mode=st.sampled_from(["resend", "skip"]),
     bad=st.sets(st.integers(0, LINES - 1), max_size=20),
     data=st.data(),
+    merge=st.booleans(),
 )
 def test_resume_never_loses_and_only_repeats_ambiguous(
-    batch_size: int, legs: int, mode: str, bad: set[int], data: st.DataObject
+    batch_size: int, legs: int, mode: str, bad: set[int], data: st.DataObject, merge: bool
 ) -> None:
+    """`merge` (--follow): acknowledged ranges are folded together as they come."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "in.jsonl"
         rows = [(b"bad%d" if i in bad else b'{"n":%d}') % i for i in range(LINES)]
@@ -91,12 +100,22 @@ def test_resume_never_loses_and_only_repeats_ambiguous(
         state = Path(tmp) / "state"
         delivered: Counter[int] = Counter()
         for leg in range(legs + 1):
-            got = asyncio.run(_leg(state, path, batch_size, data, leg == legs, mode))
+            got = asyncio.run(_leg(state, path, batch_size, data, leg == legs, mode, merge))
             delivered.update(got)
         valid = {i for i in range(LINES) if i not in bad}
         db = sqlite3.connect(state / "checkpoint.sqlite")
         ranges = [(a["first_line"] - 1, a["last_line"]) for a in read_ambiguous(db)]
+        acked = db.execute(
+            "SELECT start_line, end_line FROM batches WHERE state='acked' ORDER BY start_line"
+        ).fetchall()
+        settled = db.execute(
+            "SELECT SUM(end_line - start_line), SUM(records + invalid + filtered) FROM batches "
+            "WHERE state IN ('acked', 'skipped')"
+        ).fetchone()
         db.close()
+        assert tuple(settled) == (LINES, LINES)  # every line settled once, counts kept
+        if merge:  # no two acknowledged ranges that touch are left apart
+            assert all(a[1] != b[0] for a, b in pairwise(acked))
 
         def ambiguous(i: int) -> bool:
             return any(lo <= i < hi for lo, hi in ranges)
