@@ -175,7 +175,7 @@ class Engine:
         try:
             await cp.end_leg(self.exit_code, self.error, self._leg_counts())
         except StateUnwritable as exc:  # the report is still owed; the next leg sees a crash
-            if self.exit_code == EXIT_OK:
+            if self._outranks(exc):
                 self.exit_code, self.error = exc.exit_code, str(exc)
         return self._report(await cp.totals(), await cp.ambiguous_ranges(), await cp.warnings())
 
@@ -411,11 +411,19 @@ class Engine:
             task.cancel()
 
     def _fail(self, exc: BackfillError) -> None:
+        """The first real failure is the run's outcome, even during a signal's drain: a
+        refused key or a full disk matters more than the Ctrl-C (exit 3, not 130).
+        A batch Abandoned because of the stop is no failure of its own."""
         message = self.secret.redact(str(exc))
         if not self._stopping:
             self._stop(exc.exit_code, message)
-        elif self.exit_code in (EXIT_OK,):
+        elif self._outranks(exc):
             self.exit_code, self.error = exc.exit_code, message
+
+    def _outranks(self, exc: BackfillError) -> bool:
+        """Whether `exc` replaces the outcome so far (nothing yet, or only a signal)."""
+        signalled = self.exit_code in (EXIT_SIGINT, EXIT_SIGTERM)
+        return not isinstance(exc, Abandoned) and (self.exit_code == EXIT_OK or signalled)
 
     async def _tick(self, progress: Progress) -> None:
         while not self._done.is_set():

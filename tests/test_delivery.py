@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -48,20 +48,27 @@ class Recorder:
 
 
 @asynccontextmanager
-async def serving(answer: Callable[[web.Request], web.Response]) -> AsyncIterator[Recorder]:
-    recorder = Recorder(answer)
+async def listening(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> AsyncIterator[str]:
+    """Serves every path with `handler` on a free loopback port; yields the base URL."""
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", recorder.handle)
+    app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    recorder.url = f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        yield recorder
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serving(answer: Callable[[web.Request], web.Response]) -> AsyncIterator[Recorder]:
+    recorder = Recorder(answer)
+    async with listening(recorder.handle) as url:
+        recorder.url = url
+        yield recorder
 
 
 def redirect(status: int, to: str) -> Callable[[web.Request], web.Response]:
@@ -102,19 +109,12 @@ async def test_the_concurrency_layer_bounds_attempts_in_flight() -> None:
         in_flight -= 1
         return web.json_response({"message": "success"})
 
-    app = web.Application()
-    app.router.add_post("/v1/interactions", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    settings = Settings(endpoint=f"http://127.0.0.1:{runner.addresses[0][1]}", concurrency=8)
-    try:
+    async with listening(slow) as url:
+        settings = Settings(endpoint=url, concurrency=8)
         async with open_client(settings, Secret(KEY), target_for("interactions")) as client:
             limited = ConcurrencyLimit(client, 3)
             body = Request(b'{"data":[]}', 0)
             answers = await asyncio.gather(*(limited.send(body) for _ in range(12)))
-    finally:
-        await runner.cleanup()
     assert all(isinstance(a, Accepted) for a in answers) and len(answers) == 12
     assert peak == 3
 
@@ -302,6 +302,46 @@ async def test_sigint_during_a_backoff_stops_at_once_and_nothing_is_ambiguous(
     report = json.loads(report_path.read_text())
     assert sorted(numbers(server.records("interactions"))) == list(range(1_000))
     assert report["possibly_duplicated"] == 0 and report["ambiguous_batches"] == []
+
+
+async def test_a_refused_key_during_the_sigint_drain_is_the_outcome_not_130(
+    tmp_path: Path,
+) -> None:
+    """The request in flight at the Ctrl-C is answered 401 during the drain: the run ends on
+    the 401 (exit 3, its message), not as a mere interruption that a rerun would fix."""
+    path = records(tmp_path, 10)
+    report_path = tmp_path / "report.json"
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held_then_refused(request: web.Request) -> web.Response:
+        await request.read()
+        arrived.set()
+        await release.wait()
+        return web.json_response({"message": "invalid api key."}, status=401)
+
+    async with listening(held_then_refused) as url:
+        proc = await asyncio.create_subprocess_exec(
+            *cli("run", str(path), "--endpoint", url, "--state-dir", str(tmp_path / "state"),
+                 "--concurrency", "1", "--progress", "off", "--drain-timeout", "60",
+                 "--report", str(report_path)),
+            env={**os.environ, "MISO_API_KEY": KEY},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        await asyncio.wait_for(arrived.wait(), 30)
+        proc.send_signal(signal.SIGINT)
+        seen = b""
+        while b"SIGINT: stopping" not in seen:  # the run has taken the signal
+            seen += await asyncio.wait_for(proc.stderr.readline(), 30)
+        release.set()
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    output = (seen + out + err).decode()
+    assert proc.returncode == 3, output
+    report = json.loads(report_path.read_text())
+    assert (report["status"], report["exit_code"]) == ("stopped", 3)
+    assert report["error"] == "the API key was refused (HTTP 401): check the key in $MISO_API_KEY"
+    assert "backfill stopped (exit 3)" in output and KEY not in output
 
 
 async def test_a_lost_answer_on_the_last_attempt_stays_ambiguous(
