@@ -29,6 +29,7 @@ from backfill.maintenance import remote_ids
 from backfill.server import Faults, RunningServer
 from backfill.targets import target_for
 from tests.helpers import dead_letters, interaction, line, numbers, run_engine, write_lines
+from tests.server_fixtures import product
 
 KEY = "sk-delivery-test-key"
 
@@ -407,6 +408,22 @@ async def test_the_limit_is_cut_by_back_pressure_and_only_by_it(status: int, cut
     assert limit.limit == (9 if cut else 10)
 
 
+async def test_a_task_polls_round_trip_never_feeds_the_adaptive_mean() -> None:
+    """A status GET is quicker than an upload: averaged in, uploads would look slow."""
+    async with serving(ok) as server:
+        settings = Settings(endpoint=server.url)
+        async with open_client(settings, Secret(KEY), target_for("products")) as client:
+            limit = AdaptiveLimit(10, 20)
+            layer = ConcurrencyLimit(client, limit)
+            answer = await layer.send(Request(b"", 0, path="/v1/products/_status/t1"))
+            assert isinstance(answer, Accepted) and limit.rtt_mean is None
+            await layer.send(Request(b'{"data":[]}', 0))
+            assert limit.rtt_mean is not None  # an upload's round trip closes the window
+    assert [(m, p) for m, p, _, _ in server.received] == [
+        ("GET", "/v1/products/_status/t1"), ("POST", "/v1/products")
+    ]  # fmt: skip
+
+
 async def test_a_retry_after_pauses_the_limit_for_every_request() -> None:
     def throttled(request: web.Request) -> web.Response:
         return web.json_response({"message": "slow"}, status=429, headers={"Retry-After": "30"})
@@ -439,3 +456,44 @@ async def test_the_rate_cap_layer_takes_every_attempts_records() -> None:
     shared = rate_caps(Settings(max_requests_per_second=10.0), processes=4)
     assert shared is not None and shared.records is None
     assert shared.requests is not None and shared.requests.rate == 2.5  # a total for 4
+
+
+# -- --wait-tasks: a task-status poll is a request like any other to the layers ------------
+
+
+def catalog(tmp_path: Path, n: int) -> Path:
+    return write_lines(tmp_path / "p.jsonl", [line(product(f"p{i}")) for i in range(n)])
+
+
+async def test_task_polls_wait_out_a_retry_after_at_the_server(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    server.set_faults(Faults(task_throttle_first=2, retry_after=0.5))
+    report = await run_engine(
+        tmp_path, server.url, server.secret_key, [str(catalog(tmp_path, 3))], kind="products",
+        wait_tasks=True, concurrency=1,
+    )  # fmt: skip
+    polls = [a.at for a in server.arrivals() if "/_status/" in a.path]
+    assert len(polls) == 3  # 429, 429, the status
+    # the backoff is 0.01-0.05 s (run_engine): only the Retry-After keeps them this far apart
+    assert polls[1] - polls[0] >= 0.5 and polls[2] - polls[1] >= 0.5
+    assert (await server.stats())["requests"]["by_status"] == {"200": 2, "429": 2}
+    assert report["exit_code"] == 0 and report["records_accepted"] == 3
+    assert report["batches_sent"] == 1  # a poll is a request, not a batch sent
+
+
+async def test_the_request_rate_cap_counts_task_polls(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    rate = 20.0  # a bucket of 2 requests
+    report = await run_engine(
+        tmp_path, server.url, server.secret_key, [str(catalog(tmp_path, 10))], kind="products",
+        wait_tasks=True, concurrency=1, batch_size=1, max_requests_per_second=rate,
+    )  # fmt: skip
+    arrivals = server.arrivals()
+    assert [a.method for a in arrivals] == ["POST", "GET"] * 10
+    # k + 1 requests taken by the k-th: at most the bucket (2) and `rate` a second since the
+    # first (less one token for the first request's own way to the server)
+    late = [k for k, a in enumerate(arrivals) if a.at - arrivals[0].at < (k - 2) / rate]
+    assert late == []  # polls bypassing the cap: the 20 arrive in ~0.45 s, not >= 0.9 s
+    assert report["exit_code"] == 0 and report["batches_sent"] == 10
