@@ -47,6 +47,7 @@ from backfill.errors import (
     StateUnwritable,
     TooManyInvalid,
     UsageError,
+    run_status,
 )
 from backfill.hints import SAMPLES, hint
 from backfill.ids import IdLines, id_check
@@ -595,9 +596,8 @@ class Engine:
     def _report(
         self, totals: Totals, ambiguous: list[dict[str, Any]], warnings: list[str]
     ) -> dict[str, Any]:
-        status = {EXIT_OK: "completed", EXIT_SIGINT: "interrupted", EXIT_SIGTERM: "interrupted"}
         report: dict[str, Any] = {
-            "status": status.get(self.exit_code, "stopped"),
+            "status": run_status(self.exit_code),
             "exit_code": self.exit_code,
             "kind": self.settings.kind,
             "records_read": totals.records_read,
