@@ -51,6 +51,7 @@ from backfill.metrics import Metrics
 from backfill.ratelimit import RateCaps, share
 from backfill.retry import RetryPolicy
 from backfill.targets import Target
+from backfill.waiting import wait_event
 
 log = logging.getLogger("backfill")
 
@@ -285,7 +286,7 @@ class Sender:
             d.retries += 1
             self._meter.retries += 1
             log.info("retrying in %.1f s: %s", delay, answer.reason)
-            if await self._wait(delay):
+            if await wait_event(self._stopping, delay):
                 raise Abandoned("stopping during a retry backoff")
 
     async def _task_errors(self, task_id: str) -> dict[int, str]:
@@ -301,16 +302,10 @@ class Sender:
             if isinstance(answer, Fatal) and not isinstance(answer, NotFound):
                 raise answer.error
             retry_after = answer.retry_after if isinstance(answer, Retryable) else None
-            if await self._wait(self._policy.delay(attempt, retry_after)):
+            if await wait_event(self._stopping, self._policy.delay(attempt, retry_after)):
                 break
         self._warn(f"task {task_id}: status unknown after {TASK_POLLS} tries")
         return {}
-
-    async def _wait(self, seconds: float) -> bool:
-        """Sleeps, unless the run stops first; True when it does."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        return self._stopping.is_set()
 
 
 def _next_parts(

@@ -67,6 +67,7 @@ from backfill.sources import (
     open_blocks,
 )
 from backfill.targets import target_for
+from backfill.waiting import wait_event
 
 log = logging.getLogger("backfill")
 
@@ -427,11 +428,8 @@ class Engine:
         return not isinstance(exc, Abandoned) and (self.exit_code == EXIT_OK or signalled)
 
     async def _tick(self, progress: Progress) -> None:
-        while not self._done.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._done.wait(), progress.interval)
-            if not self._done.is_set():
-                progress.show()
+        while not await wait_event(self._done, progress.interval):
+            progress.show()
 
     # -- reader --------------------------------------------------------------------------
 

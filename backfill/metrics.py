@@ -24,7 +24,6 @@ equals the final report's counts of the leg and the engine's hot path never call
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 from collections.abc import Callable, Iterator, Mapping
 from typing import Final
@@ -43,6 +42,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from backfill.errors import UsageError
+from backfill.waiting import wait_event
 
 LOOPBACK: Final = "127.0.0.1"
 PATH: Final = "/metrics"
@@ -195,11 +195,7 @@ async def export_textfile(
     """Writes the textfile every `interval` seconds until `done`. The caller writes it first
     (an unwritable path stops the run before it starts) and last (with the final counts);
     a write failing mid-run is warned about once, and the run goes on."""
-    while not done.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), interval)
-        if done.is_set():
-            return
+    while not await wait_event(done, interval):
         try:
             metrics.write_textfile(path)
         except UsageError as exc:
