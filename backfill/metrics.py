@@ -128,12 +128,14 @@ class Metrics:
             self.round_trip.observe(seconds)
 
     def sync(self) -> None:
-        """Raises each followed counter to its running total (counters never go down)."""
+        """Raises each followed counter to its running total (counters never go down).
+        Each counter is read from its own samples: the registry is collected once, by the
+        exposition, not once per counter."""
         if self._counts is None:
             return
         for name, total in self._counts().items():
             counter: Counter = getattr(self, name)
-            behind = total - (self.value(f"backfill_{_exposed(name)}_total") or 0.0)
+            behind = total - _total(counter)
             if behind > 0:
                 counter.inc(behind)
 
@@ -185,8 +187,13 @@ class MetricsEndpoint:
         await self._runner.cleanup()
 
 
-def _exposed(attribute: str) -> str:
-    return "request_bytes" if attribute == "bytes_sent" else attribute
+def _total(counter: Counter) -> float:
+    """An unlabelled counter's value, from collecting that counter alone."""
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                return sample.value
+    return 0.0
 
 
 async def export_textfile(
