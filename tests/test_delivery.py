@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -343,6 +344,45 @@ async def test_a_refused_key_during_the_sigint_drain_is_the_outcome_not_130(
     assert (report["status"], report["exit_code"]) == ("stopped", 3)
     assert report["error"] == "the API key was refused (HTTP 401): check the key in $MISO_API_KEY"
     assert "backfill stopped (exit 3)" in output and KEY not in output
+
+
+async def test_a_checkpoint_unwritable_at_the_end_of_a_drain_is_the_outcome_not_130(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C, the request in flight outlasts --drain-timeout (cancelled: nothing to record),
+    and the leg's last checkpoint write fails: the user must hear of the state dir (exit 3)."""
+    path = records(tmp_path, 10)
+    state = tmp_path / "state"
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()  # past the drain: the client has given up on it by then
+        return web.json_response({"message": "success"})
+
+    async with listening(held) as url:
+        proc = await asyncio.create_subprocess_exec(
+            *cli("run", str(path), "--endpoint", url, "--state-dir", str(state),
+                 "--concurrency", "1", "--progress", "off", "--drain-timeout", "1"),
+            env={**os.environ, "MISO_API_KEY": KEY},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        await asyncio.wait_for(arrived.wait(), 30)
+        proc.send_signal(signal.SIGINT)
+        seen = b""
+        while b"SIGINT: stopping" not in seen:
+            seen += await asyncio.wait_for(proc.stderr.readline(), 30)
+        # from now on no file of the run can be written (as on a failing disk); Python
+        # ignores SIGXFSZ, so each write fails with EFBIG
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (0, 0))
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        release.set()
+    output = (seen + out + err).decode()
+    assert proc.returncode == 3, output
+    assert f"cannot write the checkpoint in the state dir {state}" in output
+    assert "backfill stopped (exit 3)" in output and "Traceback" not in output
 
 
 async def test_a_lost_answer_on_the_last_attempt_stays_ambiguous(
