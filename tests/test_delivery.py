@@ -306,39 +306,55 @@ async def test_sigint_during_a_backoff_stops_at_once_and_nothing_is_ambiguous(
     assert report["possibly_duplicated"] == 0 and report["ambiguous_batches"] == []
 
 
+class HeldRequest:
+    """A server that holds the first request until `release`, then answers `status`."""
+
+    def __init__(self, status: int, body: dict[str, str]) -> None:
+        self.arrived, self.release = asyncio.Event(), asyncio.Event()
+        self.status, self.body = status, body
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.arrived.set()
+        await self.release.wait()
+        return web.json_response(self.body, status=self.status)
+
+
+async def interrupt_run(
+    held: HeldRequest, url: str, tmp_path: Path, *flags: str
+) -> asyncio.subprocess.Process:
+    """A `backfill run` whose one request is held at the server, once it has taken a SIGINT
+    (said "SIGINT: stopping"); that line is left out of what the process says next."""
+    proc = await asyncio.create_subprocess_exec(
+        *cli("run", str(records(tmp_path, 10)), "--endpoint", url,
+             "--state-dir", str(tmp_path / "state"), "--concurrency", "1",
+             "--progress", "off", *flags),
+        env={**os.environ, "MISO_API_KEY": KEY},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    await asyncio.wait_for(held.arrived.wait(), 30)
+    proc.send_signal(signal.SIGINT)
+    while b"SIGINT: stopping" not in await asyncio.wait_for(proc.stderr.readline(), 30):
+        pass
+    return proc
+
+
 async def test_a_refused_key_during_the_sigint_drain_is_the_outcome_not_130(
     tmp_path: Path,
 ) -> None:
     """The request in flight at the Ctrl-C is answered 401 during the drain: the run ends on
     the 401 (exit 3, its message), not as a mere interruption that a rerun would fix."""
-    path = records(tmp_path, 10)
     report_path = tmp_path / "report.json"
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def held_then_refused(request: web.Request) -> web.Response:
-        await request.read()
-        arrived.set()
-        await release.wait()
-        return web.json_response({"message": "invalid api key."}, status=401)
-
-    async with listening(held_then_refused) as url:
-        proc = await asyncio.create_subprocess_exec(
-            *cli("run", str(path), "--endpoint", url, "--state-dir", str(tmp_path / "state"),
-                 "--concurrency", "1", "--progress", "off", "--drain-timeout", "60",
-                 "--report", str(report_path)),
-            env={**os.environ, "MISO_API_KEY": KEY},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stderr is not None
-        await asyncio.wait_for(arrived.wait(), 30)
-        proc.send_signal(signal.SIGINT)
-        seen = b""
-        while b"SIGINT: stopping" not in seen:  # the run has taken the signal
-            seen += await asyncio.wait_for(proc.stderr.readline(), 30)
-        release.set()
+    held = HeldRequest(401, {"message": "invalid api key."})
+    async with listening(held.handle) as url:
+        proc = await interrupt_run(
+            held, url, tmp_path, "--drain-timeout", "60", "--report", str(report_path)
+        )
+        held.release.set()
         out, err = await asyncio.wait_for(proc.communicate(), 30)
-    output = (seen + out + err).decode()
+    output = (out + err).decode()
     assert proc.returncode == 3, output
     report = json.loads(report_path.read_text())
     assert (report["status"], report["exit_code"]) == ("stopped", 3)
@@ -351,37 +367,17 @@ async def test_a_checkpoint_unwritable_at_the_end_of_a_drain_is_the_outcome_not_
 ) -> None:
     """Ctrl-C, the request in flight outlasts --drain-timeout (cancelled: nothing to record),
     and the leg's last checkpoint write fails: the user must hear of the state dir (exit 3)."""
-    path = records(tmp_path, 10)
-    state = tmp_path / "state"
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def held(request: web.Request) -> web.Response:
-        arrived.set()
-        await release.wait()  # past the drain: the client has given up on it by then
-        return web.json_response({"message": "success"})
-
-    async with listening(held) as url:
-        proc = await asyncio.create_subprocess_exec(
-            *cli("run", str(path), "--endpoint", url, "--state-dir", str(state),
-                 "--concurrency", "1", "--progress", "off", "--drain-timeout", "1"),
-            env={**os.environ, "MISO_API_KEY": KEY},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stderr is not None
-        await asyncio.wait_for(arrived.wait(), 30)
-        proc.send_signal(signal.SIGINT)
-        seen = b""
-        while b"SIGINT: stopping" not in seen:
-            seen += await asyncio.wait_for(proc.stderr.readline(), 30)
+    held = HeldRequest(200, {"message": "success"})
+    async with listening(held.handle) as url:
+        proc = await interrupt_run(held, url, tmp_path, "--drain-timeout", "1")
         # from now on no file of the run can be written (as on a failing disk); Python
         # ignores SIGXFSZ, so each write fails with EFBIG
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (0, 0))
         out, err = await asyncio.wait_for(proc.communicate(), 30)
-        release.set()
-    output = (seen + out + err).decode()
+        held.release.set()  # long after the client gave up on it
+    output = (out + err).decode()
     assert proc.returncode == 3, output
-    assert f"cannot write the checkpoint in the state dir {state}" in output
+    assert f"cannot write the checkpoint in the state dir {tmp_path / 'state'}" in output
     assert "backfill stopped (exit 3)" in output and "Traceback" not in output
 
 
