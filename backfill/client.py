@@ -235,10 +235,12 @@ def _snippet(payload: bytes, limit: int = 300) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One body on its way; `records` lets a layer weigh it (a rate cap counts records)."""
+    """One body on its way; `records` lets a layer weigh it (a rate cap counts records).
+    With `path`, a GET of that API path instead (a task status): a request to every limit."""
 
     body: bytes
     records: int
+    path: str | None = None
 
 
 class MisoClient:
@@ -281,7 +283,9 @@ class MisoClient:
         return self._url
 
     async def send(self, request: Request) -> Answer:
-        """The Service of backfill.delivery: one attempt at one body."""
+        """The Service of backfill.delivery: one attempt at one body (or one GET)."""
+        if request.path is not None:
+            return await self.fetch(request.path)
         return await self._call(self._method, self._url, request.body, self._params)
 
     async def fetch(self, path: str) -> Answer:

@@ -13,7 +13,9 @@ to the journey. The engine only wires this, records what was acknowledged and st
 The rate cap waits outside the concurrency limit: a request held back by the cap holds no
 slot, so an adaptive limit never sees a "reached" limit that is really the cap's doing.
 A Retry-After pauses the limit itself (`pause_until`), so every request, not only the one
-that got it, waits until then, in fixed and auto mode alike.
+that got it, waits until then, in fixed and auto mode alike. A --wait-tasks poll of a task's
+status is a request like an upload to these layers (a token of the request cap, a slot, the
+Retry-After it draws), though it never feeds the adaptive limit's round-trip mean.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from backfill.metrics import Metrics
 from backfill.ratelimit import RateCaps, share
 from backfill.retry import RetryPolicy
 from backfill.targets import Target
+from backfill.waiting import wait_event
 
 log = logging.getLogger("backfill")
 
@@ -89,7 +92,9 @@ class ConcurrencyLimit:
             answer = await self._inner.send(request)
             rtt = time.monotonic() - started
             backpressure = isinstance(answer, Retryable) and answer.backpressure
-            self.limit.record(rtt if isinstance(answer, Accepted) else None, backpressure)
+            # a task status is quicker than an upload: its round trip would skew the mean
+            timed = isinstance(answer, Accepted) and request.path is None
+            self.limit.record(rtt if timed else None, backpressure)
         if isinstance(answer, Retryable) and answer.retry_after:
             self.limit.pause_until(time.monotonic() + answer.retry_after)
         if self._metrics is not None:
@@ -281,29 +286,26 @@ class Sender:
             d.retries += 1
             self._meter.retries += 1
             log.info("retrying in %.1f s: %s", delay, answer.reason)
-            if await self._wait(delay):
+            if await wait_event(self._stopping, delay):
                 raise Abandoned("stopping during a retry backoff")
 
     async def _task_errors(self, task_id: str) -> dict[int, str]:
         """--wait-tasks: an upload's deferred per-record errors. A status not known yet (404,
-        a retryable answer) is asked again; a fatal answer (a redirect, 401) stops the run."""
-        path = f"/v1/{self._target.kind}/_status/{task_id}"
+        a retryable answer) is asked again, never before a Retry-After; a fatal answer (a
+        redirect, 401) stops the run. A poll is a request like an upload to the limits and
+        caps (the service's layers), though not a batch sent (the meter's `requests`)."""
+        poll = Request(b"", 0, path=f"/v1/{self._target.kind}/_status/{task_id}")
         for attempt in range(1, TASK_POLLS + 1):
-            answer = await self._client.fetch(path)
+            answer = await self._service.send(poll)
             if isinstance(answer, Accepted):
                 return answer.errors
             if isinstance(answer, Fatal) and not isinstance(answer, NotFound):
                 raise answer.error
-            if await self._wait(self._policy.delay(attempt)):
+            retry_after = answer.retry_after if isinstance(answer, Retryable) else None
+            if await wait_event(self._stopping, self._policy.delay(attempt, retry_after)):
                 break
         self._warn(f"task {task_id}: status unknown after {TASK_POLLS} tries")
         return {}
-
-    async def _wait(self, seconds: float) -> bool:
-        """Sleeps, unless the run stops first; True when it does."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        return self._stopping.is_set()
 
 
 def _next_parts(

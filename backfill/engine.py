@@ -48,6 +48,7 @@ from backfill.errors import (
     StateUnwritable,
     TooManyInvalid,
     UsageError,
+    run_status,
 )
 from backfill.follow import Follower, follow_sources, grown
 from backfill.hints import SAMPLES, hint
@@ -68,6 +69,7 @@ from backfill.sources import (
     open_blocks,
 )
 from backfill.targets import target_for
+from backfill.waiting import wait_event
 
 log = logging.getLogger("backfill")
 
@@ -183,7 +185,7 @@ class Engine:
         try:
             await cp.end_leg(self.exit_code, self.error, self._leg_counts())
         except StateUnwritable as exc:  # the report is still owed; the next leg sees a crash
-            if self.exit_code == EXIT_OK:
+            if self._outranks(exc):
                 self.exit_code, self.error = exc.exit_code, str(exc)
         return self._report(await cp.totals(), await cp.ambiguous_ranges(), await cp.warnings())
 
@@ -431,18 +433,23 @@ class Engine:
             task.cancel()
 
     def _fail(self, exc: BackfillError) -> None:
+        """The first real failure is the run's outcome, even during a signal's drain: a
+        refused key or a full disk matters more than the Ctrl-C (exit 3, not 130).
+        A batch Abandoned because of the stop is no failure of its own."""
         message = self.secret.redact(str(exc))
         if not self._stopping:
             self._stop(exc.exit_code, message)
-        elif self.exit_code in (EXIT_OK,):
+        elif self._outranks(exc):
             self.exit_code, self.error = exc.exit_code, message
 
+    def _outranks(self, exc: BackfillError) -> bool:
+        """Whether `exc` replaces the outcome so far (nothing yet, or only a signal)."""
+        signalled = self.exit_code in (EXIT_SIGINT, EXIT_SIGTERM)
+        return not isinstance(exc, Abandoned) and (self.exit_code == EXIT_OK or signalled)
+
     async def _tick(self, progress: Progress) -> None:
-        while not self._done.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._done.wait(), progress.interval)
-            if not self._done.is_set():
-                progress.show()
+        while not await wait_event(self._done, progress.interval):
+            progress.show()
 
     # -- reader --------------------------------------------------------------------------
 
@@ -615,9 +622,8 @@ class Engine:
     def _report(
         self, totals: Totals, ambiguous: list[dict[str, Any]], warnings: list[str]
     ) -> dict[str, Any]:
-        status = {EXIT_OK: "completed", EXIT_SIGINT: "interrupted", EXIT_SIGTERM: "interrupted"}
         report: dict[str, Any] = {
-            "status": status.get(self.exit_code, "stopped"),
+            "status": run_status(self.exit_code),
             "exit_code": self.exit_code,
             "kind": self.settings.kind,
             "records_read": totals.records_read,

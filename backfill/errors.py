@@ -24,6 +24,18 @@ EXIT_NEEDS_USER = 3
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
+# how a leg ended, in the words of the report and of `backfill status`: one table for both
+STATUS_BY_CODE = {EXIT_OK: "completed", EXIT_SIGINT: "interrupted", EXIT_SIGTERM: "interrupted"}
+
+
+def run_status(code: int | None, *, all_done: bool = True) -> str:
+    """`code` None: no leg ended (one is running, or was killed). A clean leg that left
+    files unread (a shard's, a --processes worker's) has stopped, not completed."""
+    if code is None:
+        return "running or killed"
+    status = STATUS_BY_CODE.get(code, "stopped")
+    return "stopped" if status == "completed" and not all_done else status
+
 
 class BackfillError(Exception):
     exit_code = EXIT_NEEDS_USER

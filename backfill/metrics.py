@@ -24,7 +24,6 @@ equals the final report's counts of the leg and the engine's hot path never call
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 from collections.abc import Callable, Iterator, Mapping
 from typing import Final
@@ -43,6 +42,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from backfill.errors import UsageError
+from backfill.waiting import wait_event
 
 LOOPBACK: Final = "127.0.0.1"
 PATH: Final = "/metrics"
@@ -148,12 +148,14 @@ class Metrics:
             self.round_trip.observe(seconds)
 
     def sync(self) -> None:
-        """Raises each followed counter to its running total (counters never go down)."""
+        """Raises each followed counter to its running total (counters never go down).
+        Each counter is read from its own samples: the registry is collected once, by the
+        exposition, not once per counter."""
         if self._counts is None:
             return
         for name, total in self._counts().items():
             counter: Counter = getattr(self, name)
-            behind = total - (self.value(f"backfill_{_exposed(name)}_total") or 0.0)
+            behind = total - _total(counter)
             if behind > 0:
                 counter.inc(behind)
 
@@ -205,8 +207,13 @@ class MetricsEndpoint:
         await self._runner.cleanup()
 
 
-def _exposed(attribute: str) -> str:
-    return "request_bytes" if attribute == "bytes_sent" else attribute
+def _total(counter: Counter) -> float:
+    """An unlabelled counter's value, from collecting that counter alone."""
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                return sample.value
+    return 0.0
 
 
 async def export_textfile(
@@ -215,11 +222,7 @@ async def export_textfile(
     """Writes the textfile every `interval` seconds until `done`. The caller writes it first
     (an unwritable path stops the run before it starts) and last (with the final counts);
     a write failing mid-run is warned about once, and the run goes on."""
-    while not done.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), interval)
-        if done.is_set():
-            return
+    while not await wait_event(done, interval):
         try:
             metrics.write_textfile(path)
         except UsageError as exc:

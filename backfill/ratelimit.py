@@ -112,7 +112,7 @@ class RateCaps:
     async def acquire(self, records: int) -> None:
         if self.requests is not None:
             await self.requests.acquire(1)
-        if self.records is not None:
+        if self.records is not None and records:  # a poll waits behind no batch's records
             await self.records.acquire(records)
 
 

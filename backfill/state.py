@@ -22,7 +22,7 @@ from backfill.checkpoint import (
     read_warnings,
 )
 from backfill.config import Settings
-from backfill.errors import UsageError
+from backfill.errors import UsageError, run_status
 from backfill.progress import plural, rehearsal_note
 
 # flag -> the subdir of the state dir that holds a rehearsal's own checkpoint
@@ -120,7 +120,7 @@ def _summary(state_dir: Path, facts: _Facts) -> dict[str, Any]:
         "name": state_dir.name,
         "state_dir": str(state_dir),
         "kind": settings.get("kind"),
-        "status": _status(code, facts.done == len(facts.files)),
+        "status": run_status(code, all_done=facts.done == len(facts.files)),
         "exit_code": code,
         "error": error,
         "records_read": t.records_read,
@@ -143,14 +143,6 @@ def _summary(state_dir: Path, facts: _Facts) -> dict[str, Any]:
         "warnings": facts.warnings,
         "follow": json.loads(facts.meta["follow"]) if "follow" in facts.meta else None,
     }
-
-
-def _status(code: int | None, all_done: bool) -> str:
-    if code is None:
-        return "running or killed"
-    if code == 0:
-        return "completed" if all_done else "stopped"
-    return "interrupted" if code in (130, 143) else "stopped"
 
 
 def _total(summaries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from backfill.maintenance import remote_ids
 from backfill.server import Faults, RunningServer
 from backfill.targets import target_for
 from tests.helpers import dead_letters, interaction, line, numbers, run_engine, write_lines
+from tests.server_fixtures import product
 
 KEY = "sk-delivery-test-key"
 
@@ -48,20 +50,27 @@ class Recorder:
 
 
 @asynccontextmanager
-async def serving(answer: Callable[[web.Request], web.Response]) -> AsyncIterator[Recorder]:
-    recorder = Recorder(answer)
+async def listening(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> AsyncIterator[str]:
+    """Serves every path with `handler` on a free loopback port; yields the base URL."""
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", recorder.handle)
+    app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    recorder.url = f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        yield recorder
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serving(answer: Callable[[web.Request], web.Response]) -> AsyncIterator[Recorder]:
+    recorder = Recorder(answer)
+    async with listening(recorder.handle) as url:
+        recorder.url = url
+        yield recorder
 
 
 def redirect(status: int, to: str) -> Callable[[web.Request], web.Response]:
@@ -102,19 +111,12 @@ async def test_the_concurrency_layer_bounds_attempts_in_flight() -> None:
         in_flight -= 1
         return web.json_response({"message": "success"})
 
-    app = web.Application()
-    app.router.add_post("/v1/interactions", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    settings = Settings(endpoint=f"http://127.0.0.1:{runner.addresses[0][1]}", concurrency=8)
-    try:
+    async with listening(slow) as url:
+        settings = Settings(endpoint=url, concurrency=8)
         async with open_client(settings, Secret(KEY), target_for("interactions")) as client:
             limited = ConcurrencyLimit(client, 3)
             body = Request(b'{"data":[]}', 0)
             answers = await asyncio.gather(*(limited.send(body) for _ in range(12)))
-    finally:
-        await runner.cleanup()
     assert all(isinstance(a, Accepted) for a in answers) and len(answers) == 12
     assert peak == 3
 
@@ -304,6 +306,81 @@ async def test_sigint_during_a_backoff_stops_at_once_and_nothing_is_ambiguous(
     assert report["possibly_duplicated"] == 0 and report["ambiguous_batches"] == []
 
 
+class HeldRequest:
+    """A server that holds the first request until `release`, then answers `status`."""
+
+    def __init__(self, status: int, body: dict[str, str]) -> None:
+        self.arrived, self.release = asyncio.Event(), asyncio.Event()
+        self.status, self.body = status, body
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.arrived.set()
+        await self.release.wait()
+        return web.json_response(self.body, status=self.status)
+
+
+async def interrupt_run(
+    held: HeldRequest, url: str, tmp_path: Path, *flags: str
+) -> asyncio.subprocess.Process:
+    """A `backfill run` whose one request is held at the server, once it has taken a SIGINT
+    (said "SIGINT: stopping"); that line is left out of what the process says next."""
+    proc = await asyncio.create_subprocess_exec(
+        *cli("run", str(records(tmp_path, 10)), "--endpoint", url,
+             "--state-dir", str(tmp_path / "state"), "--concurrency", "1",
+             "--progress", "off", *flags),
+        env={**os.environ, "MISO_API_KEY": KEY},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    await asyncio.wait_for(held.arrived.wait(), 30)
+    proc.send_signal(signal.SIGINT)
+    while b"SIGINT: stopping" not in await asyncio.wait_for(proc.stderr.readline(), 30):
+        pass
+    return proc
+
+
+async def test_a_refused_key_during_the_sigint_drain_is_the_outcome_not_130(
+    tmp_path: Path,
+) -> None:
+    """The request in flight at the Ctrl-C is answered 401 during the drain: the run ends on
+    the 401 (exit 3, its message), not as a mere interruption that a rerun would fix."""
+    report_path = tmp_path / "report.json"
+    held = HeldRequest(401, {"message": "invalid api key."})
+    async with listening(held.handle) as url:
+        proc = await interrupt_run(
+            held, url, tmp_path, "--drain-timeout", "60", "--report", str(report_path)
+        )
+        held.release.set()
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    output = (out + err).decode()
+    assert proc.returncode == 3, output
+    report = json.loads(report_path.read_text())
+    assert (report["status"], report["exit_code"]) == ("stopped", 3)
+    assert report["error"] == "the API key was refused (HTTP 401): check the key in $MISO_API_KEY"
+    assert "backfill stopped (exit 3)" in output and KEY not in output
+
+
+async def test_a_checkpoint_unwritable_at_the_end_of_a_drain_is_the_outcome_not_130(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C, the request in flight outlasts --drain-timeout (cancelled: nothing to record),
+    and the leg's last checkpoint write fails: the user must hear of the state dir (exit 3)."""
+    held = HeldRequest(200, {"message": "success"})
+    async with listening(held.handle) as url:
+        proc = await interrupt_run(held, url, tmp_path, "--drain-timeout", "1")
+        # from now on no file of the run can be written (as on a failing disk); Python
+        # ignores SIGXFSZ, so each write fails with EFBIG
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (0, 0))
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        held.release.set()  # long after the client gave up on it
+    output = (out + err).decode()
+    assert proc.returncode == 3, output
+    assert f"cannot write the checkpoint in the state dir {tmp_path / 'state'}" in output
+    assert "backfill stopped (exit 3)" in output and "Traceback" not in output
+
+
 async def test_a_lost_answer_on_the_last_attempt_stays_ambiguous(
     tmp_path: Path, server: RunningServer
 ) -> None:
@@ -367,6 +444,22 @@ async def test_the_limit_is_cut_by_back_pressure_and_only_by_it(status: int, cut
     assert limit.limit == (9 if cut else 10)
 
 
+async def test_a_task_polls_round_trip_never_feeds_the_adaptive_mean() -> None:
+    """A status GET is quicker than an upload: averaged in, uploads would look slow."""
+    async with serving(ok) as server:
+        settings = Settings(endpoint=server.url)
+        async with open_client(settings, Secret(KEY), target_for("products")) as client:
+            limit = AdaptiveLimit(10, 20)
+            layer = ConcurrencyLimit(client, limit)
+            answer = await layer.send(Request(b"", 0, path="/v1/products/_status/t1"))
+            assert isinstance(answer, Accepted) and limit.rtt_mean is None
+            await layer.send(Request(b'{"data":[]}', 0))
+            assert limit.rtt_mean is not None  # an upload's round trip closes the window
+    assert [(m, p) for m, p, _, _ in server.received] == [
+        ("GET", "/v1/products/_status/t1"), ("POST", "/v1/products")
+    ]  # fmt: skip
+
+
 async def test_a_retry_after_pauses_the_limit_for_every_request() -> None:
     def throttled(request: web.Request) -> web.Response:
         return web.json_response({"message": "slow"}, status=429, headers={"Retry-After": "30"})
@@ -399,3 +492,44 @@ async def test_the_rate_cap_layer_takes_every_attempts_records() -> None:
     shared = rate_caps(Settings(max_requests_per_second=10.0), processes=4)
     assert shared is not None and shared.records is None
     assert shared.requests is not None and shared.requests.rate == 2.5  # a total for 4
+
+
+# -- --wait-tasks: a task-status poll is a request like any other to the layers ------------
+
+
+def catalog(tmp_path: Path, n: int) -> Path:
+    return write_lines(tmp_path / "p.jsonl", [line(product(f"p{i}")) for i in range(n)])
+
+
+async def test_task_polls_wait_out_a_retry_after_at_the_server(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    server.set_faults(Faults(task_throttle_first=2, retry_after=0.5))
+    report = await run_engine(
+        tmp_path, server.url, server.secret_key, [str(catalog(tmp_path, 3))], kind="products",
+        wait_tasks=True, concurrency=1,
+    )  # fmt: skip
+    polls = [a.at for a in server.arrivals() if "/_status/" in a.path]
+    assert len(polls) == 3  # 429, 429, the status
+    # the backoff is 0.01-0.05 s (run_engine): only the Retry-After keeps them this far apart
+    assert polls[1] - polls[0] >= 0.5 and polls[2] - polls[1] >= 0.5
+    assert (await server.stats())["requests"]["by_status"] == {"200": 2, "429": 2}
+    assert report["exit_code"] == 0 and report["records_accepted"] == 3
+    assert report["batches_sent"] == 1  # a poll is a request, not a batch sent
+
+
+async def test_the_request_rate_cap_counts_task_polls(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    rate = 20.0  # a bucket of 2 requests
+    report = await run_engine(
+        tmp_path, server.url, server.secret_key, [str(catalog(tmp_path, 10))], kind="products",
+        wait_tasks=True, concurrency=1, batch_size=1, max_requests_per_second=rate,
+    )  # fmt: skip
+    arrivals = server.arrivals()
+    assert [a.method for a in arrivals] == ["POST", "GET"] * 10
+    # k + 1 requests taken by the k-th: at most the bucket (2) and `rate` a second since the
+    # first (less one token for the first request's own way to the server)
+    late = [k for k, a in enumerate(arrivals) if a.at - arrivals[0].at < (k - 2) / rate]
+    assert late == []  # polls bypassing the cap: the 20 arrive in ~0.45 s, not >= 0.9 s
+    assert report["exit_code"] == 0 and report["batches_sent"] == 10

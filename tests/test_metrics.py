@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from backfill.errors import UsageError
 from backfill.metrics import Metrics
@@ -119,3 +122,37 @@ def test_an_unwritable_textfile_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=f"cannot write the metrics file {path}"):
         Metrics().write_textfile(str(path))
     assert not path.parent.exists()
+
+
+class CountsCollections(Collector):
+    """A real collector in the registry that counts how often the registry is collected."""
+
+    def __init__(self) -> None:
+        self.collections = 0
+
+    def collect(self) -> Iterator[Metric]:
+        self.collections += 1
+        yield GaugeMetricFamily("test_collections", "registry collections", value=0)
+
+
+def test_followed_counts_are_exact_and_the_registry_is_collected_once_a_scrape() -> None:
+    metrics = Metrics()
+    probe = CountsCollections()
+    metrics.registry.register(probe)
+    totals = {"records_read": 120.0, "records_accepted": 100.0, "retries": 2.0}
+    metrics.follow(counts=lambda: totals)
+    metrics.records_read.inc(150)  # ahead of the count: a counter never goes down
+    metrics.sync()
+    assert probe.collections == 0  # each counter is read alone, not through the registry
+    found = samples(metrics.exposition().decode())
+    assert probe.collections == 1
+    assert found[("backfill_records_read_total", ())] == 150.0
+    assert found[("backfill_records_accepted_total", ())] == 100.0
+    assert found[("backfill_retries_total", ())] == 2.0
+    totals.update(records_read=200.0, retries=5.0)
+    found = samples(metrics.exposition().decode())
+    assert (found[("backfill_records_read_total", ())], found[("backfill_retries_total", ())]) == (
+        200.0,
+        5.0,
+    )
+    assert probe.collections == 2

@@ -103,6 +103,20 @@ async def test_caps_on_requests_and_records_together() -> None:
     assert RateCaps().waited == 0.0
 
 
+async def test_a_request_without_records_never_waits_behind_a_batchs_records() -> None:
+    """A task-status poll takes a request, and no place in the records bucket's line."""
+    time = FakeTime()
+    caps = RateCaps(records_per_second=100, clock=time.clock, sleep=time.sleep)
+    await caps.acquire(10)  # the bucket (10) is empty now
+    batch = asyncio.ensure_future(caps.acquire(100))  # at the head for a second
+    await settle()
+    poll = asyncio.ensure_future(caps.acquire(0))
+    await settle()
+    assert poll.done() and not batch.done()
+    await time.advance(1.0)
+    assert batch.done()
+
+
 def test_bad_caps_name_their_flag() -> None:
     with pytest.raises(UsageError, match="--max-records-per-second must be a positive"):
         RateCaps(records_per_second=0)

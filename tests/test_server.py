@@ -586,6 +586,27 @@ async def test_task_reject_id(kind: str, miso: RunningServer, http: aiohttp.Clie
     assert (await miso.stats())["records_received"] == 3
 
 
+async def test_task_throttle_first_answers_polls_429_then_the_status(
+    miso: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    miso.set_faults(Faults(task_throttle_first=2, retry_after=0.5))
+    status, answer = await post_json(http, "/v1/products", upload_body([product("a")]))
+    assert status == 200  # an upload is not a poll: never throttled by this rule
+    path = f"/v1/products/_status/{answer['data']['task_id']}"
+    polls = []
+    for _ in range(3):
+        async with http.get(path) as r:
+            polls.append((r.status, r.headers.get("Retry-After")))
+    assert polls == [(429, "0.5"), (429, "0.5"), (200, None)]
+    assert [(a.method, a.path) for a in miso.arrivals()] == [
+        ("POST", "/v1/products"), ("GET", path), ("GET", path), ("GET", path)
+    ]  # fmt: skip
+    times = [a.at for a in miso.arrivals()]
+    assert times == sorted(times)
+    with pytest.raises(ValueError, match="task_throttle_first must not be negative"):
+        Faults(task_throttle_first=-1)
+
+
 async def test_admin_faults_endpoint(miso: RunningServer, http: aiohttp.ClientSession) -> None:
     async with http.post("/_admin/faults", json={"fail_first": 1, "fail_status": 502}) as r:
         assert r.status == 200

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from backfill.errors import run_status
 from backfill.server import RunningServer
 from tests.helpers import dead_letters, interaction, line, write_lines
 
@@ -393,3 +394,12 @@ async def test_status_counts_a_file_done_only_when_every_batch_is_settled(
     code, out, _ = await backfill("status", "--state-dir", str(state))
     assert code == 0
     assert "files:              0 done of 1 known" in out
+
+
+def test_the_report_and_status_name_an_exit_code_alike() -> None:
+    """One table (errors.run_status) for `run --report` and `status`: they never disagree."""
+    codes = (0, 2, 3, 130, 143)
+    words = ["completed", "stopped", "stopped", "interrupted", "interrupted"]
+    assert [run_status(code) for code in codes] == words
+    assert run_status(0, all_done=False) == "stopped"  # a clean leg that left files unread
+    assert run_status(None) == "running or killed"

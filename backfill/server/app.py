@@ -14,7 +14,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, NamedTuple, NoReturn, get_args
 
@@ -49,6 +49,7 @@ log = logging.getLogger("backfill.server")
 
 MAX_REQUEST_BYTES: Final = 1 << 30  # aiohttp's own cap; the max_body_bytes fault sits below it
 TASKS_KEPT: Final = 10_000
+ARRIVALS_KEPT: Final = 10_000
 HANG_UP_WAIT: Final = 5.0  # closing the transport cancels the handler long before this
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,6 +58,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Keys(NamedTuple):
     secret: str
     publishable: str
+
+
+class Arrival(NamedTuple):
+    """When a /v1 request arrived (time.monotonic()): what a test asserts pacing on, at the
+    server rather than at the client that paces itself."""
+
+    at: float
+    method: str
+    path: str
 
 
 class TaskResult(msgspec.Struct):
@@ -93,6 +103,7 @@ class ServerState:
         self.capacity = CapacityGate(config.capacity)
         self.tasks = {kind: TaskBook() for kind in ENTITY_KINDS}
         self.attributes = {k: AttributeTypes(store.attribute_types(k)) for k in ENTITY_KINDS}
+        self.arrivals: deque[Arrival] = deque(maxlen=ARRIVALS_KEPT)  # the latest ones
         self._commits: set[asyncio.Task[None]] = set()
 
     def set_faults(self, faults: Faults) -> None:
@@ -124,6 +135,7 @@ class ServerState:
         self.injector = FaultInjector(self.injector.faults)
         self.tasks = {kind: TaskBook() for kind in ENTITY_KINDS}
         self.attributes = {kind: AttributeTypes({}) for kind in ENTITY_KINDS}
+        self.arrivals.clear()
 
 
 STATE: Final = web.AppKey("state", ServerState)
@@ -174,6 +186,7 @@ async def v1_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     state = request.app[STATE]
     state.counters.requests_received += 1
+    state.arrivals.append(Arrival(time.monotonic(), request.method, request.path))
     try:
         response = await _through_gate(state, request, handler)
     except _Dropped:
@@ -386,7 +399,10 @@ async def _remove_entities(state: ServerState, kind: EntityKind, record_ids: lis
 
 
 async def task_status(request: web.Request, kind: EntityKind) -> web.StreamResponse:
-    result = request.app[STATE].tasks[kind].get(request.match_info["task_id"])
+    state = request.app[STATE]
+    if state.injector.throttles_poll():
+        return responses.error_response(THROTTLE_STATUS, state.injector.faults.retry_after)
+    result = state.tasks[kind].get(request.match_info["task_id"])
     if result is None:
         return responses.error_response(404)
     return responses.json_response(

@@ -36,6 +36,7 @@ FAULT_HELP: dict[str, str] = {
     "stall_seconds": "how long a stalled request waits (default 60)",
     "reject_user_id": "regex: interactions whose user_id matches are 422 schema errors",
     "task_reject_id": "regex: products/users whose id matches fail in their task status",
+    "task_throttle_first": "answer the first N task-status polls 429 with --fault-retry-after",
     "seed": "seed of the fault dice, to replay a run",
 }
 

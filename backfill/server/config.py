@@ -84,6 +84,7 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     stall_seconds: float = 60.0
     reject_user_id: str = ""  # regex searched in each interaction's user_id -> 422 line
     task_reject_id: str = ""  # regex searched in product_id/user_id -> error in _status
+    task_throttle_first: int = 0  # the first N task-status polls get 429 with Retry-After
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -95,8 +96,9 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"fault {name} must be a non-negative number of seconds")
-        if self.fail_first < 0 or self.max_body_bytes < 0:
-            raise ValueError("fault fail_first and max_body_bytes must not be negative")
+        for name in ("fail_first", "max_body_bytes", "task_throttle_first"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"fault {name} must not be negative")
         if not 400 <= self.fail_status <= 599:
             raise ValueError(
                 f"fault fail_status must be an HTTP error (400-599): {self.fail_status}"

@@ -49,6 +49,7 @@ class FaultInjector:
         self._rng = random.Random(faults.seed)
         self._latency = Latency.parse(faults.latency)
         self._failures_left = faults.fail_first
+        self._poll_throttles_left = faults.task_throttle_first
         self._reject_user = re.compile(faults.reject_user_id) if faults.reject_user_id else None
         self._task_reject = re.compile(faults.task_reject_id) if faults.task_reject_id else None
 
@@ -84,6 +85,13 @@ class FaultInjector:
     def rejects_in_task(self, record_id: str) -> bool:
         """The task_reject_id rule: accepted at upload, reported failed in the task status."""
         return self._task_reject is not None and self._task_reject.search(record_id) is not None
+
+    def throttles_poll(self) -> bool:
+        """The task_throttle_first rule: this task-status poll is answered 429."""
+        if self._poll_throttles_left <= 0:
+            return False
+        self._poll_throttles_left -= 1
+        return True
 
     def _draw(self, rate: float) -> bool:
         return rate > 0.0 and self._rng.random() < rate

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from backfill.errors import UsageError
 from backfill.schema import Kind
-from backfill.server.app import STATE, Keys, ServerState, build_app
+from backfill.server.app import STATE, Arrival, Keys, ServerState, build_app
 from backfill.server.config import Capacity, Faults, ServerConfig
 from backfill.server.store import Counters, StoreError, make_store
 
@@ -57,6 +57,10 @@ class RunningServer:
     def records(self, kind: Kind) -> list[bytes]:
         """Stored records in arrival order (memory and sqlite stores)."""
         return self._state.store.records(kind)
+
+    def arrivals(self) -> list[Arrival]:
+        """The latest /v1 requests, in arrival order, with the moment each arrived."""
+        return list(self._state.arrivals)
 
     def set_faults(self, faults: Faults) -> None:
         """Replaces every fault at once (also restarts the fail_first budget and the seed)."""
