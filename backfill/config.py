@@ -316,7 +316,6 @@ _DEFAULT_WORDS: dict[str, str] = {
     "max_requests_per_second": "no cap",
     "metrics_port": "off",
     "metrics_textfile": "off",
-    "follow": "off",
 }
 
 

@@ -531,3 +531,18 @@ async def test_a_run_without_follow_finishes_a_followed_load(
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 2 and "changed since the checkpoint" in out.decode()
+
+
+async def test_an_empty_directory_is_followed_until_files_come(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    run = Follow(tmp_path, server, [str(logs), str(tmp_path / "other" / "*.jsonl")])
+    await run.start()
+    await run.until(lambda: "following 0 files" in run.output(), "a first progress line")
+    await write(tmp_path, [{"path": str(logs / "first.jsonl"), "first": 0, "count": 3}])
+    await run.has({0, 1, 2})
+    code, output = await run.stop(signal.SIGINT)
+    assert code == 130, output
+    assert sorted(run.stored()) == [0, 1, 2]
