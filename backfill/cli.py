@@ -152,14 +152,13 @@ def _follow_args(g: argparse._ArgumentGroup) -> None:
     _flag(
         g,
         "--follow",
-        help="after the inputs present, keep loading what is appended to them "
-        "and new files, until SIGINT/SIGTERM",
+        help="after the inputs present, keep loading what is appended to them and new "
+        "files, until SIGINT/SIGTERM",
     )
-    _setting(g, "--linger", "--follow: seconds a partial batch waits before it goes", type=float)
-    _setting(g, "--poll-interval", "--follow: seconds between looks for new data", type=float)
-    _setting(
-        g, "--idle-timeout", "--follow: seconds without growth before a file is done", type=float
-    )
+    seconds: dict[str, Any] = {"type": float, "metavar": "SECONDS"}
+    _setting(g, "--linger", "--follow: how long a partial batch waits for more", **seconds)
+    _setting(g, "--poll-interval", "--follow: time between looks for new data", **seconds)
+    _setting(g, "--idle-timeout", "--follow: time without growth before a file is done", **seconds)
 
 
 def _more_sending_args(g: argparse._ArgumentGroup) -> None:

@@ -44,6 +44,7 @@ from backfill.batching import Batch, BatchBuilder, Plan
 from backfill.checkpoint import Checkpoint, FileState
 from backfill.config import Settings
 from backfill.errors import InputUnreadable, UsageError
+from backfill.progress import plural
 from backfill.shards import owned_by
 from backfill.sources import (
     Block,
@@ -133,8 +134,8 @@ class Lag:
         age = self.age()
         newest = "--" if age is None else f"{age:,.1f} s old"
         return (
-            f"following {self.files} files | newest record sent {newest} | waiting "
-            f"{self.waiting:,} records, {self.unread:,} bytes unread"
+            f"following {plural(self.files, 'file')} | newest record sent {newest} | waiting "
+            f"{plural(self.waiting, 'record')}, {self.unread:,} bytes unread"
         )
 
 
