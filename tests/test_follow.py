@@ -103,6 +103,16 @@ def history(tmp: Path, n: int) -> Path:
     return logs
 
 
+def half_written(tmp: Path, n: int, cut: int) -> tuple[Path, Path, bytes]:
+    """logs/app.jsonl: records 0 .. n-1, then the first `cut` bytes of record n (returned)."""
+    logs = tmp / "logs"
+    logs.mkdir()
+    path = logs / "app.jsonl"
+    last = line(interaction(n))
+    path.write_bytes(b"".join(line(interaction(i)) + b"\n" for i in range(n)) + last[:cut])
+    return logs, path, last
+
+
 def bursts(logs: Path, first: int) -> tuple[list[dict[str, Any]], set[int]]:
     """Bursts and a trickle, to the growing history file and to two new files, split lines."""
     day1, day2, day3 = (str(logs / f"2026-06-0{d}.jsonl") for d in (1, 2, 3))
@@ -237,11 +247,7 @@ async def test_a_half_written_line_waits_for_its_newline(
     tmp_path: Path, server: RunningServer
 ) -> None:
     """Even once its file is idle: never dead-lettered, sent when the newline comes."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    growing = logs / "app.jsonl"
-    half = line(interaction(7))
-    growing.write_bytes(b"".join(line(interaction(i)) + b"\n" for i in range(7)) + half[:25])
+    logs, growing, half = half_written(tmp_path, 7, 25)
     run = Follow(tmp_path, server, [str(logs)])
     run.cmd[run.cmd.index("--idle-timeout") + 1] = "0.3"
     await run.start()
@@ -505,11 +511,7 @@ async def test_a_run_without_follow_finishes_a_followed_load(
 ) -> None:
     """The last line without a newline, held by --follow, is sent by a plain run after it;
     that run accepts the file that grew since (it was followed), and refuses a rewritten one."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / "app.jsonl"
-    last = line(interaction(5))
-    path.write_bytes(b"".join(line(interaction(i)) + b"\n" for i in range(5)) + last[:20])
+    logs, path, last = half_written(tmp_path, 5, 20)
     run = Follow(tmp_path, server, [str(logs)])
     await run.start()
     await run.has(set(range(5)))
