@@ -71,12 +71,13 @@ def max_open() -> int:
     return MAX_OPEN if soft == resource.RLIM_INFINITY else max(1, min(MAX_OPEN, soft // 4))
 
 
-def follow_sources(inputs: list[str]) -> list[Source]:
+def follow_sources(inputs: list[str], *, strict: bool = True) -> list[Source]:
     """The inputs' files now. A directory with no data file yet, or a glob that matches
-    nothing yet, is fine when following (files will come); a missing path is not."""
+    nothing yet, is fine when following (files will come); a missing path is not at the
+    start (`strict`: a typo), and later is an input deleted meanwhile (retention)."""
     found: list[Source] = []
     for item in inputs:
-        if not (glob.has_magic(item) or os.path.isdir(item)):
+        if strict and not (glob.has_magic(item) or os.path.isdir(item)):
             found += find_sources([item])
             continue
         with contextlib.suppress(UsageError):
@@ -363,7 +364,7 @@ class Follower:
 
     async def _discover(self) -> None:
         """New files under the inputs, registered and read in name order."""
-        listed = await asyncio.to_thread(follow_sources, self.settings.inputs)
+        listed = await asyncio.to_thread(follow_sources, self.settings.inputs, strict=False)
         new = [s for s in owned_by(listed, self.settings.shard) if s.key not in self._known]
         if not new:
             return

@@ -548,3 +548,20 @@ async def test_an_empty_directory_is_followed_until_files_come(
     code, output = await run.stop(signal.SIGINT)
     assert code == 130, output
     assert sorted(run.stored()) == [0, 1, 2]
+
+
+async def test_an_input_deleted_while_followed_is_no_error(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """Retention deletes a file named as an input: following goes on with the others."""
+    logs = history(tmp_path, 5)
+    named = logs / "2026-06-01.jsonl"
+    run = Follow(tmp_path, server, [str(named), str(logs / "*.log.jsonl")])
+    await run.start()
+    await run.has(set(range(5)))
+    named.unlink()
+    await write(tmp_path, [{"path": str(logs / "b.log.jsonl"), "first": 50, "count": 2}])
+    await run.has({50, 51})
+    code, output = await run.stop(signal.SIGINT)
+    assert code == 130, output
+    assert sorted(run.stored()) == [*range(5), 50, 51]
