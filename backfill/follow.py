@@ -407,7 +407,7 @@ def _stats(paths: list[str]) -> list[tuple[int, int] | None]:
     for path in paths:
         try:
             st = os.stat(path)
-        except FileNotFoundError:
+        except OSError:  # deleted, or no longer readable: nothing more to follow in it
             found.append(None)
             continue
         found.append((st.st_size, st.st_ino))
