@@ -565,3 +565,39 @@ async def test_an_input_deleted_while_followed_is_no_error(
     code, output = await run.stop(signal.SIGINT)
     assert code == 130, output
     assert sorted(run.stored()) == [*range(5), 50, 51]
+
+
+async def test_a_mapped_csv_file_followed_gives_what_a_plain_run_gives(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """The mapping's per-file state (the CSV header) lives across the follower's rounds."""
+    root = Path(__file__).parent.parent / "configs"
+    sample = root / "samples" / "ecommerce-events.csv"
+    config = ("--config", str(root / "mapping-ecommerce-csv.toml"))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    growing = logs / "events.csv"
+    run = Follow(tmp_path, server, [str(logs)], *config)
+    plain = [x for x in run.cmd if x != "--follow"]
+    plain[plain.index(str(logs))] = str(sample)
+    plain[plain.index("--state-dir") + 1] = str(tmp_path / "plain")
+    proc = await asyncio.create_subprocess_exec(
+        *plain, env=run.env, stdout=asyncio.subprocess.DEVNULL
+    )
+    assert await proc.wait() == 0
+    reference = sorted(server.records("interactions"))
+    await server.reset()
+    rows = sample.read_bytes().splitlines(keepends=True)
+    growing.write_bytes(b"".join(rows[:5]))
+    await run.start()
+    await run.until(lambda: len(server.records("interactions")) >= 4, "the first rows")
+    rest = b"".join(rows[5:])
+    with open(growing, "ab") as fh:
+        fh.write(rest[:37])
+        fh.flush()
+        await asyncio.sleep(0.2)  # a round sees the half row
+        fh.write(rest[37:])
+    await run.until(lambda: len(server.records("interactions")) >= len(reference), "every row")
+    code, output = await run.stop(signal.SIGINT)
+    assert code == 130, output
+    assert sorted(server.records("interactions")) == reference and len(reference) == 16
