@@ -70,7 +70,12 @@ _EXACT: Final = re.compile(
 # `%2B`, a `\u00..` escape, `+digit`, 13 digits in a row, or 3 digits, a separator and 4
 # digits; timestamps, IPs, prices and hex ids hold none of them. One-byte marks are looked
 # for first (memchr), so a block without `\`, `%` or `+` costs a translate and two finds.
-_SKELETON: Final = bytes.maketrans(b"0123456789 -.%+", b"0000000000\x01\x01\x01\x01\x01")
+# Every other byte becomes "x", which is in neither mark: the searches skip along the
+# skeleton (a skeleton keeping the other bytes, many of them separators and digits of
+# timestamps and versions, cost twice as much to search).
+_SKELETON: Final = bytes(
+    ord("0") if byte in b"0123456789" else 1 if byte in b" -.%+" else ord("x") for byte in range(256)
+)
 _SKELETON_MARKS: Final = (b"0" * 13, b"000\x010000")
 _ESCAPED: Final = re.compile(rb"\\u00")  # a literal first byte: the regex scans at memchr speed
 _PERCENT: Final = (b"40", b"2B", b"2b")  # %40 is @, %2B is +
@@ -97,15 +102,17 @@ def maybe_pii(text: str) -> bool:
     if len(text) < 6:  # a@b.co; phones and cards are longer still
         return False
     data = text.encode("utf-8", "surrogatepass")
-    if b"@" in data or (b"%" in data and any(m in data for m in (b"%40", b"%2B", b"%2b"))):
+    if b"@" in data:
         return True
-    if b"+" in data and any(d in data for d in _PLUS_DIGITS):
+    if b"%" in data and (b"%40" in data or b"%2B" in data or b"%2b" in data):
+        return True
+    if b"+" in data and _PLUS_DIGIT.search(data) is not None:
         return True
     skeleton = data.translate(_SKELETON)
-    return any(mark in skeleton for mark in _SKELETON_MARKS)
+    return _SKELETON_MARKS[0] in skeleton or _SKELETON_MARKS[1] in skeleton
 
 
-_PLUS_DIGITS: Final = tuple(b"+%d" % d for d in range(10))
+_PLUS_DIGIT: Final = re.compile(rb"\+[0-9]")
 
 
 def _all(data: bytes, mark: bytes) -> list[int]:
@@ -163,9 +170,11 @@ def redact_text(text: str) -> tuple[str, list[str]]:
 def scrub(value: Any, path: str, found: list[tuple[str, str]], redact: bool) -> Any:
     """The decoded value with PII replaced (when `redact`); findings appended as (kind, path).
 
-    Only string values are scanned: keys and numbers are left as they are.
+    Only string values are scanned: keys and numbers are left as they are. A string the
+    pre-filter clears is kept without building its path (most of a flagged record).
     """
-    if type(value) is str:
+    shape = type(value)
+    if shape is str:
         if not maybe_pii(value):
             return value
         if redact:
@@ -174,9 +183,17 @@ def scrub(value: Any, path: str, found: list[tuple[str, str]], redact: bool) -> 
             text, kinds = value, find_pii(value)
         found.extend((kind, path) for kind in kinds)
         return text
-    if type(value) is dict:
+    if shape is dict:
         prefix = f"{path}." if path else ""
-        return {k: scrub(v, f"{prefix}{k}", found, redact) for k, v in value.items()}
-    if type(value) is list:
+        clean = {}
+        for key, item in value.items():
+            if type(item) in _SCANNED and (type(item) is not str or maybe_pii(item)):
+                item = scrub(item, f"{prefix}{key}", found, redact)
+            clean[key] = item
+        return clean
+    if shape is list:
         return [scrub(v, f"{path}[]", found, redact) for v in value]
     return value
+
+
+_SCANNED: Final = frozenset({str, dict, list})
