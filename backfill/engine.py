@@ -636,7 +636,7 @@ class Engine:
         if note:
             report["note"] = note
         if self._privacy is not None:  # this leg's lines (a resumed leg counts what it read)
-            report["privacy"] = self._privacy.counts.report()
+            report["privacy"] = self._privacy.counts.report(totals.legs)
         if self.exit_code != EXIT_OK and self.command:
             report["resume_command"] = self.command
         return report

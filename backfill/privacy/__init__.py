@@ -29,9 +29,16 @@ from backfill.privacy.detect import (
 )
 from backfill.privacy.rewrite import KeyRewriter
 from backfill.privacy.settings import HashKey, PrivacySettings, load_hash_key, parse_privacy
-from backfill.privacy.transform import PrivacyCounts, PrivacyTransform, build_privacy
+from backfill.privacy.transform import (
+    HASHED_IDS_NOTE,
+    PrivacyCounts,
+    PrivacyTransform,
+    build_privacy,
+    ids_to_delete,
+)
 
 __all__ = [
+    "HASHED_IDS_NOTE",
     "HashKey",
     "KeyRewriter",
     "PrivacyCounts",
@@ -40,6 +47,7 @@ __all__ = [
     "build_privacy",
     "candidate_offsets",
     "find_pii",
+    "ids_to_delete",
     "load_hash_key",
     "luhn",
     "maybe_pii",

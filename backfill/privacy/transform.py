@@ -37,6 +37,10 @@ ID_PATHS: Final = frozenset(
 )
 # the schema's limits: a longer id stays as it is, for the validator to dead-letter as before
 MAX_LENGTH: Final = {"user_id": MAX_ID, "anonymous_id": MAX_ANONYMOUS_ID}
+HASHED_IDS_NOTE: Final = (
+    "the ids listed are pseudonyms (HMAC-SHA256 with the hash key, as [privacy] hash_ids "
+    "loaded them): the ids the delete sends; the raw ids are not printed"
+)
 BLANK: Final = "blank line"  # what `settled` says of an empty slot (a problem, or blank)
 _decode: Final = msgspec.json.decode
 _encode: Final = msgspec.json.encode
@@ -52,8 +56,12 @@ class PrivacyCounts:
     records_dead_lettered: int = 0
     findings: Counter[str] = field(default_factory=Counter)  # "email@search.keywords": n
 
-    def report(self) -> dict[str, Any]:
+    def report(self, leg: int = 1) -> dict[str, Any]:
+        """The counts of the lines this leg read (`leg` of the load). They are not in the
+        checkpoint: a resumed load's report counts its last leg only (and lines read again
+        after an interruption count in both legs), which `counts_cover` says."""
         return {
+            "counts_cover": f"this leg only (leg {leg} of the load)",
             "ids_hashed": self.ids_hashed,
             "ips_truncated": self.ips_truncated,
             "pii_records_redacted": self.records_redacted,
@@ -73,6 +81,24 @@ def build_privacy(
         return None
     transform = PrivacyTransform(settings, load_hash_key(settings, environ), kind, operation)
     return transform if transform.does_something else None
+
+
+def ids_to_delete(
+    settings: PrivacySettings | None,
+    kind: Kind,
+    ids: list[str],
+    environ: dict[str, str] | None = None,
+) -> tuple[list[str], bool]:
+    """The ids a delete sends for `ids` (valid ids as given), and whether they are hashed.
+
+    With `hash_ids` on user_id, they are the pseudonyms the records were loaded with, which
+    a `delete --dry-run` lists instead of the raw ids the table deems personal data (the
+    user has those in the file they gave); a missing key is a UsageError, as for the run."""
+    step = build_privacy(settings, kind, "delete", environ)
+    if step is None or step.key is None:
+        return ids, False
+    key = step.key
+    return [key.hash(v) if 0 < len(v) <= MAX_ID else v for v in ids], True
 
 
 class PrivacyTransform:
