@@ -555,7 +555,6 @@ class RecordValidator:
 
     __slots__ = (
         "_decode",
-        "decoded",
         "_identity",
         "_interactions",
         "_kind",
@@ -563,6 +562,7 @@ class RecordValidator:
         "_timestamp",
         "_until",
         "_window",
+        "decoded",
     )
 
     decoded: Any  # the record the last `check` decoded (when it decoded), for the privacy step

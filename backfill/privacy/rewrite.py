@@ -82,13 +82,14 @@ class IdFields(msgspec.Struct):
     context: IdContext | None = None
 
 
-Swap = tuple[bytes, bytes, bytes | None, bytes]
+Swap = tuple[bytes, bytes, bytes, bytes, bool]
 
 
 class Swaps(dict[str, Swap]):
-    """value -> (`"field":<value as JSON>`, the same with `": "`, the replacement or None to
-    keep it, `"field"`), for one field: computed once per value, bounded by CACHE_SIZE
-    entries (then cleared: a few MB at most, ids being at most 1 KiB)."""
+    """value -> (`"field":<value as JSON>`, the same with `": "`, the replacement (the pair
+    itself when the value stays), `"field"`, whether the value changes), for one field:
+    computed once per value, bounded by CACHE_SIZE entries (then cleared: a few MB at most,
+    ids being at most 1 KiB)."""
 
     def __init__(self, name: str, compute: Callable[[str], str]) -> None:
         super().__init__()
@@ -103,8 +104,7 @@ class Swaps(dict[str, Swap]):
         new = self.compute(value)
         compact = encode_pair(name, value)
         spaced = compact.replace(b":", b": ", 1)
-        replacement = None if new == value else encode_pair(name, new)
-        found = self[value] = (compact, spaced, replacement, self.token)
+        found = self[value] = (compact, spaced, encode_pair(name, new), self.token, new != value)
         return found
 
 
@@ -124,8 +124,8 @@ def splice(line: bytes, swap: Swap) -> bytes:
     read: inside a JSON string every quote is escaped, so `"field"` cannot occur there.
     Two C-level scans of the line (count, replace): no Python runs per byte.
     """
-    compact, spaced, replacement, token = swap
-    if replacement is None:
+    compact, spaced, replacement, token, changes = swap
+    if not changes:
         return line
     if line.count(token) != 1:
         raise Unusual

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import add
 from typing import Any, Final, Literal
 
 import msgspec
@@ -16,7 +19,6 @@ from backfill.privacy.detect import candidate_offsets, redact_text, scrub, trunc
 from backfill.privacy.rewrite import (
     IdFields,
     KeyRewriter,
-    Swap,
     Swaps,
     Unusual,
     escaped,
@@ -188,7 +190,7 @@ class PrivacyTransform:
         if block.problems and (self._ids or self.pii in ("redact", "dead-letter")):
             self._clean_problems(block)
         joined = b"\n".join(block.lines)
-        slots = self._candidates(joined) if self.pii != "off" else []
+        slots = self._candidates(joined, block.lines) if self.pii != "off" else []
         if self._validator is not None:
             self._validate(block, set(slots), joined)
             for slot in slots:  # ids and IPs, PII, then the verdict on the line as it is now
@@ -209,7 +211,7 @@ class PrivacyTransform:
 
     def _validate(self, block: Block, flagged: set[int], joined: bytes) -> None:
         """The hot path: each line not flagged for PII is validated (one msgspec decode) and
-        its ids are replaced in its bytes from what the validator decoded.
+        its ids are replaced in its bytes from what the validator decoded (`_fast`).
 
         A line's `"user_id":value` is replaced where it first appears, which is right when
         the name appears once in the line: one count over the whole block (`joined`, the
@@ -217,19 +219,34 @@ class PrivacyTransform:
         line; a block where it fails is done again line by line (`_splice`). An invalid
         line, or one with `\\u` escapes, is rewritten as before and validated again as it
         will be sent (`_settle`)."""
-        assert self._validator is not None
-        validator, check, lines = self._validator, self._validator.check, block.lines
         block.stored_lengths()  # then lines[i] = new is what Block.replace does
-        original = list(lines)
+        original = list(block.lines)
         work = original.copy()
         for i in flagged:
             work[i] = b""  # the PII scan's (see apply)
+        slow: list[int] = []
+        escapes = b"\\" in joined and b"\\u" in joined  # memchr first: most blocks hold none
+        hashed, truncated = self._fast(block, work, slow, escapes)
+        others = [original[i] for i in (*flagged, *slow) if original[i]]
+        if self._once_each(joined, others, hashed):
+            self.counts.ids_hashed += hashed[0] + hashed[1]
+            self.counts.ips_truncated += truncated
+        else:  # a name twice in some line (a duplicate key, or nested): line by line
+            self._line_by_line(block, original, flagged, slow)
+        for i in slow:
+            self._settle(block, i, self._rewrite_line(original[i]))
+
+    def _fast(
+        self, block: Block, work: list[bytes], slow: list[int], escapes: bool
+    ) -> tuple[list[int], int]:
+        """Validates and rewrites the lines of `work` into `block`; the others go to `slow`.
+        Returns ([user_id hashed, anonymous_id hashed, user_id empty, anonymous_id empty],
+        IPs truncated). Every step a line takes costs: this loop is most of the step."""
+        assert self._validator is not None
+        validator, check, lines = self._validator, self._validator.check, block.lines
         users, visitors = self._user_swaps, self._anonymous_swaps
         hash_user, hash_anonymous, truncate = self._hash_user, self._hash_anonymous, self.truncate
-        escapes = b"\\u" in joined  # most blocks hold none: no line is looked at for them
-        users_present = visitors_present = 0  # fast lines that have user_id, anonymous_id
-        hashed = truncated = 0
-        slow: list[int] = []
+        counts, truncated = [0, 0, 0, 0], 0
         for i, line in enumerate(work):
             if not line:
                 continue
@@ -239,55 +256,47 @@ class PrivacyTransform:
                 continue
             record, new = validator.decoded, line
             try:
-                if hash_user and (value := record.user_id) is not UNSET:
-                    users_present += 1
-                    if value:  # the pair where it first appears (see _once_each)
-                        compact, spaced, replacement, _ = users[value]
+                if hash_user:
+                    if value := record.user_id:  # the first pair (see _once_each)
+                        compact, spaced, replacement, _, _ = users[value]
                         new = line.replace(compact, replacement, 1)
                         if new is line and (new := line.replace(spaced, replacement, 1)) is line:
                             raise Unusual
-                        hashed += 1
-                if hash_anonymous and (value := record.anonymous_id) is not UNSET:
-                    visitors_present += 1
-                    if value:
-                        compact, spaced, replacement, _ = visitors[value]
+                        counts[0] += 1
+                    elif value is not UNSET:
+                        counts[2] += 1
+                if hash_anonymous:
+                    if value := record.anonymous_id:
+                        compact, spaced, replacement, _, _ = visitors[value]
                         old, new = new, new.replace(compact, replacement, 1)
                         if new is old and (new := old.replace(spaced, replacement, 1)) is old:
                             raise Unusual
-                        hashed += 1
-                if truncate and (context := record.context) and (ip := context.truncated_ip):
-                    if ip[-1] != "0" or ip[-2] != ".":  # else a /24 already: no entry
-                        swap = self._ip_swaps[ip]
-                        new = splice(new, swap)
-                        truncated += swap[2] is not None
+                        counts[1] += 1
+                    elif value is not UNSET:
+                        counts[3] += 1
+                if (
+                    truncate
+                    and (context := record.context)
+                    and (ip := context.truncated_ip)
+                    and (ip[-1] != "0" or ip[-2] != ".")  # else a /24 already: no entry
+                ):
+                    swap = self._ip_swaps[ip]
+                    new = splice(new, swap)
+                    truncated += swap[4]
             except Unusual:
                 slow.append(i)
                 continue
             lines[i] = new
             if reason is not None:
                 block.filter(i, reason)
-        present = (users_present, visitors_present)
-        if self._once_each(joined, original, flagged, slow, present):
-            self.counts.ids_hashed += hashed
-            self.counts.ips_truncated += truncated
-        else:  # a name twice in some line (a duplicate key, or nested): line by line
-            self._line_by_line(block, original, flagged, slow)
-        for i in slow:
-            self._settle(block, i, self._rewrite_line(original[i]))
+        return counts, truncated
 
-    def _once_each(
-        self,
-        joined: bytes,
-        original: list[bytes],
-        flagged: set[int],
-        slow: list[int],
-        present: tuple[int, int],
-    ) -> bool:
+    def _once_each(self, joined: bytes, others: list[bytes], counts: list[int]) -> bool:
         """Whether each id name appears exactly once in each fast line that has it (and in
-        no other fast line): the block's count equals those lines plus the others' own."""
-        others = [original[i] for i in (*flagged, *slow) if original[i]]
-        names = [(self._hash_user, b'"user_id"', present[0])]
-        names.append((self._hash_anonymous, b'"anonymous_id"', present[1]))
+        no other fast line): the block's count equals those lines plus the other lines' own
+        (`others`: flagged and slow lines, as they came)."""
+        names = [(self._hash_user, b'"user_id"', counts[0] + counts[2])]
+        names.append((self._hash_anonymous, b'"anonymous_id"', counts[1] + counts[3]))
         for hashing, token, lines in names:
             if hashing and joined.count(token) != lines + sum(o.count(token) for o in others):
                 return False
@@ -307,7 +316,7 @@ class PrivacyTransform:
     def _truncated(self, line: bytes, ip: Any) -> tuple[bytes, bool]:
         if ip and (ip[-2:] != ".0" or ":" in ip):  # an IPv4 /24 already: no entry
             swap = self._ip_swaps[ip]
-            return splice(line, swap), swap[2] is not None
+            return splice(line, swap), swap[4]
         return line, False
 
     def _splice(self, line: bytes, record: Any) -> tuple[bytes, int, bool]:
@@ -422,15 +431,15 @@ class PrivacyTransform:
     # -- PII ------------------------------------------------------------------------------
 
     @staticmethod
-    def _candidates(joined: bytes) -> list[int]:
-        """Slots of the lines where the bytes pre-filter matches (a superset of PII)."""
-        slots: set[int] = set()
-        line = previous = 0
-        for pos in sorted(candidate_offsets(joined)):
-            line += joined.count(b"\n", previous, pos)
-            previous = pos
-            slots.add(line)
-        return sorted(slots)
+    def _candidates(joined: bytes, lines: list[bytes]) -> list[int]:
+        """Slots of the lines where the bytes pre-filter matches (a superset of PII); the
+        offsets in `joined` (the lines and a newline each) found by bisection of the lines'
+        starting offsets, taken in C (counting newlines cost a pass over the block)."""
+        offsets = candidate_offsets(joined)
+        if not offsets:
+            return []
+        starts = list(map(add, accumulate(map(len, lines), initial=0), range(len(lines) + 1)))
+        return sorted({bisect_right(starts, pos) - 1 for pos in offsets})
 
     def _scan(self, block: Block, slot: int) -> None:
         raw = block.lines[slot]
@@ -480,21 +489,7 @@ class PrivacyTransform:
                 block.problems[index] = problem._replace(raw=raw)
 
 
-
 def settled(line: bytes) -> str | None:
     """Batching's check after `PrivacyTransform.validate_with`: every line the step left is
     valid; an empty slot is a problem of the block or a blank line."""
     return None if line else BLANK
-
-
-def _replace(line: bytes, swap: Swap) -> bytes:
-    """The first `"field":value` pair replaced (the caller checks the name is there once)."""
-    compact, spaced, replacement, _ = swap
-    if replacement is None:
-        return line
-    new = line.replace(compact, replacement, 1)
-    if new is line:
-        new = line.replace(spaced, replacement, 1)
-        if new is line:
-            raise Unusual
-    return new
