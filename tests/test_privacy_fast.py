@@ -240,3 +240,22 @@ def test_a_key_spelled_with_an_escape_is_not_confused_with_a_nested_one() -> Non
         record = json.loads(block.lines[0])
         assert record["user_id"] == pseudonym("esc")
         assert record["context"]["custom_context"]["user_id"] == "esc"
+
+
+def test_a_line_that_leaves_the_fast_path_midway_is_counted_once() -> None:
+    lines = [
+        b'{"type":"search","user_id":"p","anonymous_id" :"q","timestamp":"2026-06-02T10:00:00Z"}',
+        dumps(rec(user_id="r", anonymous_id="s")),
+        # the nested pair first: were the first line counted twice, the block's count of
+        # "user_id" would balance and this line take the fast path, hashing the nested one
+        b'{"context":{"custom_context":{"user_id":"w"}},"type":"search","user_id":"w",'
+        b'"timestamp":"2026-06-02T10:00:00Z"}',
+    ]
+    old, new, two, fused = both_paths(lines)
+    assert new == old
+    assert fused.counts.ids_hashed == two.counts.ids_hashed == 5
+    first = json.loads(new[0][1])
+    assert (first["user_id"], first["anonymous_id"]) == (pseudonym("p"), pseudonym("q"))
+    last = json.loads(new[2][1])
+    assert last["user_id"] == pseudonym("w")
+    assert last["context"]["custom_context"]["user_id"] == "w"

@@ -228,7 +228,7 @@ class PrivacyTransform:
         escapes = b"\\" in joined and b"\\u" in joined  # memchr first: most blocks hold none
         hashed, truncated = self._fast(block, work, slow, escapes)
         others = [original[i] for i in (*flagged, *slow) if original[i]]
-        if self._once_each(joined, others, hashed):
+        if hashed is not None and self._once_each(joined, others, hashed):
             self.counts.ids_hashed += hashed[0] + hashed[1]
             self.counts.ips_truncated += truncated
         else:  # a name twice in some line (a duplicate key, or nested): line by line
@@ -238,15 +238,18 @@ class PrivacyTransform:
 
     def _fast(
         self, block: Block, work: list[bytes], slow: list[int], escapes: bool
-    ) -> tuple[list[int], int]:
+    ) -> tuple[list[int] | None, int]:
         """Validates and rewrites the lines of `work` into `block`; the others go to `slow`.
         Returns ([user_id hashed, anonymous_id hashed, user_id empty, anonymous_id empty],
-        IPs truncated). Every step a line takes costs: this loop is most of the step."""
+        IPs truncated), None for the first when a line left midway (its counts are then not
+        to be trusted: the block is done again line by line). Every step a line takes costs:
+        this loop is most of the step."""
         assert self._validator is not None
         validator, check, lines = self._validator, self._validator.check, block.lines
-        users, visitors = self._user_swaps, self._anonymous_swaps
+        user_swaps, visitor_swaps = self._user_swaps, self._anonymous_swaps
         hash_user, hash_anonymous, truncate = self._hash_user, self._hash_anonymous, self.truncate
-        counts, truncated = [0, 0, 0, 0], 0
+        users = visitors = empty_users = empty_visitors = truncated = 0
+        midway = False
         for i, line in enumerate(work):
             if not line:
                 continue
@@ -254,26 +257,28 @@ class PrivacyTransform:
             if (reason is not None and reason is not OUT_OF_WINDOW) or (escapes and escaped(line)):
                 slow.append(i)
                 continue
-            record, new = validator.decoded, line
+            record, new, stage = validator.decoded, line, 0
             try:
                 if hash_user:
                     if value := record.user_id:  # the first pair (see _once_each)
-                        compact, spaced, replacement, _, _ = users[value]
+                        compact, spaced, replacement, _, _ = user_swaps[value]
                         new = line.replace(compact, replacement, 1)
                         if new is line and (new := line.replace(spaced, replacement, 1)) is line:
                             raise Unusual
-                        counts[0] += 1
+                        users += 1
                     elif value is not UNSET:
-                        counts[2] += 1
+                        empty_users += 1
+                stage = 1
                 if hash_anonymous:
                     if value := record.anonymous_id:
-                        compact, spaced, replacement, _, _ = visitors[value]
+                        compact, spaced, replacement, _, _ = visitor_swaps[value]
                         old, new = new, new.replace(compact, replacement, 1)
                         if new is old and (new := old.replace(spaced, replacement, 1)) is old:
                             raise Unusual
-                        counts[1] += 1
+                        visitors += 1
                     elif value is not UNSET:
-                        counts[3] += 1
+                        empty_visitors += 1
+                stage = 2
                 if (
                     truncate
                     and (context := record.context)
@@ -283,13 +288,14 @@ class PrivacyTransform:
                     swap = self._ip_swaps[ip]
                     new = splice(new, swap)
                     truncated += swap[4]
-            except Unusual:
+            except Unusual:  # done again whole; if this pass counted some of it, so is the block
                 slow.append(i)
+                midway = midway or stage > 0
                 continue
             lines[i] = new
             if reason is not None:
                 block.filter(i, reason)
-        return counts, truncated
+        return None if midway else [users, visitors, empty_users, empty_visitors], truncated
 
     def _once_each(self, joined: bytes, others: list[bytes], counts: list[int]) -> bool:
         """Whether each id name appears exactly once in each fast line that has it (and in
