@@ -179,19 +179,16 @@ def scrub(value: Any, path: str, found: list[tuple[str, str]], redact: bool) -> 
     """
     shape = type(value)
     if shape is str:
-        if not maybe_pii(value):
-            return value
-        if redact:
-            text, kinds = redact_text(value)
-        else:
-            text, kinds = value, find_pii(value)
-        found.extend((kind, path) for kind in kinds)
-        return text
+        return _scrub_text(value, path, found, redact) if maybe_pii(value) else value
     if shape is dict:
         prefix = f"{path}." if path else ""
         clean = {}
         for key, item in value.items():
-            if type(item) in _SCANNED and (type(item) is not str or maybe_pii(item)):
+            shape = type(item)
+            if shape is str:
+                if maybe_pii(item):
+                    item = _scrub_text(item, f"{prefix}{key}", found, redact)
+            elif shape is dict or shape is list:
                 item = scrub(item, f"{prefix}{key}", found, redact)
             clean[key] = item
         return clean
@@ -200,4 +197,12 @@ def scrub(value: Any, path: str, found: list[tuple[str, str]], redact: bool) -> 
     return value
 
 
-_SCANNED: Final = frozenset({str, dict, list})
+def _scrub_text(text: str, path: str, found: list[tuple[str, str]], redact: bool) -> str:
+    """A string the pre-filter let through, through the exact patterns."""
+    if redact:
+        text, kinds = redact_text(text)
+    else:
+        kinds = find_pii(text)
+    found.extend((kind, path) for kind in kinds)
+    return text
+
