@@ -205,4 +205,3 @@ def _scrub_text(text: str, path: str, found: list[tuple[str, str]], redact: bool
         kinds = find_pii(text)
     found.extend((kind, path) for kind in kinds)
     return text
-
