@@ -28,6 +28,7 @@ from backfill.engine import Engine
 from backfill.errors import EXIT_NEEDS_USER, EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
 from backfill.maintenance import read_ids
 from backfill.parallel import ParallelEngine
+from backfill.privacy import HASHED_IDS_NOTE, ids_to_delete
 from backfill.progress import render_report, write_report
 from backfill.shards import Shard, parse_shard
 from backfill.sources import LocalFile
@@ -304,10 +305,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
     for problem in local.problems:
         print(f"not an id: {problem}", file=sys.stderr)
     what = "user ids (all their interactions)" if args.kind == "interactions" else args.kind
-    if dry_run:
-        for value in ids:
+    if dry_run:  # with [privacy] hash_ids, the pseudonyms the delete sends, never raw ids
+        shown, hashed = ids_to_delete(settings.privacy, args.kind, ids)
+        for value in shown:
             print(value)
         print(f"would delete {len(ids):,} {what} from {settings.endpoint}", file=sys.stderr)
+        if hashed:
+            print(HASHED_IDS_NOTE, file=sys.stderr)
         return 0
     if not args.yes:
         _confirm(f"delete {len(ids):,} {what} from {settings.endpoint}?", "--yes")

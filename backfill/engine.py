@@ -102,11 +102,15 @@ class Engine:
             self._check = id_check(settings.kind)
             mapping = IdLines(settings.kind)
         else:
-            self._check = RecordValidator(settings.kind, settings.rules).check
+            validator = RecordValidator(settings.kind, settings.rules)
+            self._check = validator.check
         # between the reader and validation, in order (catalog marks join after the prescan)
         self._transforms: list[BlockTransform] = [mapping] if mapping is not None else []
         if self._privacy is not None:  # after mapping/IdLines: lines are Miso JSON by then
             self._transforms.append(self._privacy)
+            if settings.kind == "interactions" and settings.operation == "upload":
+                # the last transform: it validates, one decode serving both (issue 17)
+                self._check = self._privacy.validate_with(validator)
         self._catalog: CatalogPlan | None = None
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=settings.max_in_flight)
         self._reader: asyncio.Task[None] | None = None
@@ -666,7 +670,7 @@ class Engine:
         if note:
             report["note"] = note
         if self._privacy is not None:  # this leg's lines (a resumed leg counts what it read)
-            report["privacy"] = self._privacy.counts.report()
+            report["privacy"] = self._privacy.counts.report(totals.legs)
         if self.exit_code != EXIT_OK and self.command:
             report["resume_command"] = self.command
         return report

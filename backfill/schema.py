@@ -195,8 +195,10 @@ def _check_arrays(attributes: Mapping[str, Any], field: str) -> None:
 # Interaction records: a closed Struct per type, tagged by `type`.
 # ---------------------------------------------------------------------------------------------
 
-_Str512 = Annotated[str, Meta(max_length=512)]
-_Str1024 = Annotated[str, Meta(max_length=1024)]
+MAX_ID: Final = 512  # characters of a product or user id
+MAX_ANONYMOUS_ID: Final = 1024  # characters of an interaction's anonymous_id
+_Str512 = Annotated[str, Meta(max_length=MAX_ID)]
+_Str1024 = Annotated[str, Meta(max_length=MAX_ANONYMOUS_ID)]
 _Uuid = Annotated[
     str,
     Meta(
@@ -382,7 +384,7 @@ _UserId = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=512,
+        max_length=MAX_ID,
         pattern=r"\A[^_]",
         extra={
             "expected": 'a string of 1 to 512 characters not starting with "_"',
@@ -541,7 +543,6 @@ KINDS: Final[Mapping[Kind, KindFacts]] = {
     "users": KindFacts("user_id", "user_id", "custom_attributes", 100),
 }
 DELETE_BATCH: Final = 100  # ids per delete request, the catalogs' recommended batch
-MAX_ID: Final = 512  # characters of a product or user id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,7 +562,10 @@ class RecordValidator:
         "_timestamp",
         "_until",
         "_window",
+        "decoded",
     )
+
+    decoded: Any  # the record the last `check` decoded (when it decoded), for the privacy step
 
     def __init__(self, kind: Kind, rules: Rules) -> None:
         for name, bound in (("since", rules.since), ("until", rules.until)):
@@ -575,16 +579,20 @@ class RecordValidator:
         self._window = rules.since is not None or rules.until is not None
         self._since = rules.since or datetime.min.replace(tzinfo=UTC)
         self._until = rules.until or datetime.max.replace(tzinfo=UTC)
+        self.decoded = None
 
     def check(self, raw: bytes) -> str | None:
         """None when valid; OUT_OF_WINDOW; else the reason in the user's terms.
 
         The hot path: `_context_problem`, `_mixed_key` and `parse_timestamp` are inlined.
+        The record decoded is kept in `decoded` (when it returns None or OUT_OF_WINDOW, it is
+        this line's), so that the [privacy] step reads the ids from it instead of decoding the
+        line a second time (backfill.privacy.transform).
         """
         try:
             if not raw.isascii():
                 raw.decode()  # msgspec skips the values of unknown keys without reading them
-            record = self._decode(raw)
+            record = self.decoded = self._decode(raw)
         except (UnicodeDecodeError, msgspec.MsgspecError, RecursionError):
             return _reason(self._kind, raw)
         if not self._interactions:

@@ -2,8 +2,11 @@
 
 The same generated logs (1% of lines carry PII) are read with the engine's reader and
 validated with its validator, once plain and once through `PrivacyTransform` with the whole
-table on (hash_ids, truncate_ip, pii = "redact"). Runs alternate and the best of each is
-kept, so a noisy neighbour on a shared machine hurts both alike. The target: the rate with
+table on (hash_ids, truncate_ip, pii = "redact"), wired as the engine wires it: the step
+validates (one decode serves both) and batching's check is the one it returns; both sides
+validate a block with one `map`, as batching does. Runs alternate and the best wall time and
+the best CPU time of each side are kept, so a noisy neighbour on a shared machine hurts both
+alike. The target: the rate with
 privacy stays at least 0.7x of the rate without.
 
     python -m benchmarks.privacy [--records 1000000] [--repeat 3] [--quick]
@@ -38,19 +41,20 @@ BENCH_KEY = "benchmark-only-key-0123456789abcdef"
 
 async def _load(files: list[Path], privacy: bool) -> tuple[int, int, dict[str, Any]]:
     """(records read, records valid, privacy counts) for one pass over the files."""
-    check = RecordValidator("interactions", Rules()).check
+    validator = RecordValidator("interactions", Rules())
     step = PrivacyTransform(SETTINGS, HashKey(BENCH_KEY), "interactions") if privacy else None
+    # as the engine wires it: the step validates (one decode for both), batching checks
+    # what is left
+    check = step.validate_with(validator) if step is not None else validator.check
     records = valid = 0
     transforms: list[BlockTransform] = [step] if step is not None else []
     for path in files:
         blocks = open_blocks(LocalFile.at(path), START, transforms)
         async with contextlib.aclosing(blocks):
-            async for block in blocks:
-                for line in block.lines:
-                    if line:
-                        records += 1
-                        valid += check(line) is None
-                records += len(block.problems)
+            async for block in blocks:  # as batching validates: one map over the lines
+                lines = block.lines
+                valid += list(map(check, lines)).count(None)
+                records += len(lines) - lines.count(b"") + len(block.problems)
     return records, valid, step.counts.report() if step else {}
 
 
@@ -61,14 +65,21 @@ def _timed(files: list[Path], privacy: bool) -> dict[str, Any]:
     return {"records": records, "valid": valid, "wall": wall, "cpu": cpu, "privacy": counts}
 
 
+def _best(best: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
+    """The run with the least wall time, holding the least CPU time of either: the two are
+    each the best of the runs (a neighbour's load lengthens wall time, not CPU time)."""
+    if best is None:
+        return run
+    fastest = run if run["wall"] < best["wall"] else best
+    return fastest | {"cpu": min(run["cpu"], best["cpu"])}
+
+
 def compare(files: list[Path], repeat: int = 3) -> dict[str, Any]:
     """Best-of-`repeat` rates (records/s, by wall and by CPU time) without and with privacy."""
     best: dict[bool, dict[str, Any]] = {}
     for _ in range(repeat):
         for privacy in (False, True):
-            run = _timed(files, privacy)
-            if privacy not in best or run["wall"] < best[privacy]["wall"]:
-                best[privacy] = run
+            best[privacy] = _best(best.get(privacy), _timed(files, privacy))
     plain, private = best[False], best[True]
     return {
         "records": plain["records"],
@@ -111,9 +122,9 @@ def compare_engine(files: list[Path], state: Path, repeat: int = 3) -> dict[str,
     best: dict[bool, dict[str, Any]] = {}
     for _ in range(repeat):
         for privacy in (False, True):
-            run = asyncio.run(_engine_once(files, state, privacy))
-            if privacy not in best or run["wall"] < best[privacy]["wall"]:
-                best[privacy] = run
+            best[privacy] = _best(
+                best.get(privacy), asyncio.run(_engine_once(files, state, privacy))
+            )
     return {
         "plain": best[False],
         "privacy": best[True],

@@ -194,7 +194,6 @@ def test_the_key_appears_in_no_repr_or_error() -> None:
     with pytest.raises(UsageError) as caught:
         load_hash_key(PrivacySettings(hash_ids=["user_id"]), {"MISO_HASH_KEY": short})
     assert short not in str(caught.value) and "at least 16" in str(caught.value)
-    assert key.redact(f"oops {KEY}") == "oops ***"
     assert key.fingerprint() == HashKey(KEY).fingerprint() != HashKey(KEY + "x").fingerprint()
     assert KEY not in key.fingerprint() and len(key.fingerprint()) == 16
 

@@ -226,6 +226,39 @@ async def test_delete_interactions_with_raw_ids_removes_the_hashed_users_events(
     assert left == {pseudonym("bob@example.org"), pseudonym("carla.m@example.net")}
 
 
+async def test_delete_dry_run_lists_the_pseudonyms_never_the_raw_ids(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    users = [{"user_id": u} for u in ("ana@example.com", "eve@example.com")]
+    code, _, err, _ = await load(server, tmp_path, jsonl(tmp_path / "u.jsonl", users), kind="users")
+    assert code == 0, err
+    ids = tmp_path / "forget.txt"
+    ids.write_text("ana@example.com\neve@example.com\n")
+    args = ["delete", "users", "--ids", str(ids), "--config", str(config(tmp_path)), "--dry-run"]
+    code, out, err = await cli(server, *args)
+    assert code == 0, err
+    assert out.split() == [pseudonym("ana@example.com"), pseudonym("eve@example.com")]
+    assert "would delete 2 users" in err and "the raw ids are not printed" in err
+    assert "@example.com" not in out + err
+    assert len(server.records("users")) == 2  # a dry run deletes nothing
+    code, out, err = await cli(server, *args, hash_key=None)
+    assert code == 2 and "MISO_HASH_KEY" in err and out == ""
+
+
+async def test_privacy_counts_say_they_cover_this_leg_only(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    path = jsonl(tmp_path / "e.jsonl", events())
+    code, _, err, report = await load(server, tmp_path, path)
+    assert code == 0, err
+    assert report["privacy"]["counts_cover"] == "this leg only (leg 1 of the load)"
+    assert report["privacy"]["ids_hashed"] == 12
+    code, _, err, report = await load(server, tmp_path, path)  # a second leg: nothing to read
+    assert code == 0, err
+    assert report["privacy"]["counts_cover"] == "this leg only (leg 2 of the load)"
+    assert report["privacy"]["ids_hashed"] == 0
+
+
 async def test_a_missing_hash_key_stores_nothing_and_exits_2(
     tmp_path: Path, server: RunningServer
 ) -> None:

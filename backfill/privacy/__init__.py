@@ -1,16 +1,17 @@
 """The [privacy] table: pseudonymized ids, truncated IPs and PII scrubbing, on the way to the API.
 
 One more BlockTransform, after mapping (lines are Miso JSON records by then) and before
-validation, so that whatever is validated, sent, dead-lettered or previewed is already clean:
+batching, so that whatever is validated, sent, dead-lettered or previewed is already clean:
 
-    read_blocks -> [MappingTransform | IdLines] -> PrivacyTransform -> validation, batching
+    read_blocks -> [MappingTransform | IdLines] -> PrivacyTransform -> batching
 
-Most records carry no PII, so a block is searched *as bytes* first: only lines where a cheap
-candidate pattern matches (`@`, `%40`, long digit runs shaped like a phone or a card) are
-decoded, scanned string by string, and encoded again. Ids and IPs are in nearly every line:
-msgspec decodes just those fields (skipping the rest unbuilt) and the line's bytes get a
-replace of `"user_id":"<value>"`; only a value spelled another way (escapes) costs a full
-decode and encode of its record.
+For an upload of interactions the step also validates (`PrivacyTransform.validate_with`, as
+the engine wires it): the validator's decode of each record serves both, the ids and the IP
+are read from the decoded record and replaced in the line's bytes, and each line is judged as
+it will be sent. Most records carry no PII, so a block is searched *as bytes* first: only
+lines where a cheap candidate pattern matches (`@`, `%40`, long digit runs shaped like a phone
+or a card) are decoded, scanned string by string, and encoded again. A line whose bytes cannot
+be trusted to say where a pair is (escapes, a name given twice) is decoded and encoded whole.
 
     settings   the [privacy] table, the hash key
     detect     PII patterns, their bytes pre-filter, redaction, IP truncation
@@ -29,9 +30,16 @@ from backfill.privacy.detect import (
 )
 from backfill.privacy.rewrite import KeyRewriter
 from backfill.privacy.settings import HashKey, PrivacySettings, load_hash_key, parse_privacy
-from backfill.privacy.transform import PrivacyCounts, PrivacyTransform, build_privacy
+from backfill.privacy.transform import (
+    HASHED_IDS_NOTE,
+    PrivacyCounts,
+    PrivacyTransform,
+    build_privacy,
+    ids_to_delete,
+)
 
 __all__ = [
+    "HASHED_IDS_NOTE",
     "HashKey",
     "KeyRewriter",
     "PrivacyCounts",
@@ -40,6 +48,7 @@ __all__ = [
     "build_privacy",
     "candidate_offsets",
     "find_pii",
+    "ids_to_delete",
     "load_hash_key",
     "luhn",
     "maybe_pii",

@@ -70,7 +70,13 @@ _EXACT: Final = re.compile(
 # `%2B`, a `\u00..` escape, `+digit`, 13 digits in a row, or 3 digits, a separator and 4
 # digits; timestamps, IPs, prices and hex ids hold none of them. One-byte marks are looked
 # for first (memchr), so a block without `\`, `%` or `+` costs a translate and two finds.
-_SKELETON: Final = bytes.maketrans(b"0123456789 -.%+", b"0000000000\x01\x01\x01\x01\x01")
+# Every other byte becomes "x", which is in neither mark: the searches skip along the
+# skeleton (a skeleton keeping the other bytes, many of them separators and digits of
+# timestamps and versions, cost twice as much to search).
+_SKELETON: Final = bytes(
+    ord("0") if byte in b"0123456789" else 1 if byte in b" -.%+" else ord("x")
+    for byte in range(256)
+)
 _SKELETON_MARKS: Final = (b"0" * 13, b"000\x010000")
 _ESCAPED: Final = re.compile(rb"\\u00")  # a literal first byte: the regex scans at memchr speed
 _PERCENT: Final = (b"40", b"2B", b"2b")  # %40 is @, %2B is +
@@ -94,18 +100,23 @@ def candidate_offsets(data: bytes) -> list[int]:
 
 def maybe_pii(text: str) -> bool:
     """The pre-filter for one decoded string: False means no exact pattern can match it."""
-    if len(text) < 6:  # a@b.co; phones and cards are longer still
+    if len(text) < 6 or _GATE.search(text) is None:  # a@b.co; phones and cards are longer
         return False
     data = text.encode("utf-8", "surrogatepass")
-    if b"@" in data or (b"%" in data and any(m in data for m in (b"%40", b"%2B", b"%2b"))):
+    if b"@" in data:
         return True
-    if b"+" in data and any(d in data for d in _PLUS_DIGITS):
+    if b"%" in data and (b"%40" in data or b"%2B" in data or b"%2b" in data):
+        return True
+    if b"+" in data and _PLUS_DIGIT.search(data) is not None:
         return True
     skeleton = data.translate(_SKELETON)
-    return any(mark in skeleton for mark in _SKELETON_MARKS)
+    return _SKELETON_MARKS[0] in skeleton or _SKELETON_MARKS[1] in skeleton
 
 
-_PLUS_DIGITS: Final = tuple(b"+%d" % d for d in range(10))
+_PLUS_DIGIT: Final = re.compile(rb"\+[0-9]")
+# What every mark below holds (`@`, `%`, `+`, or three digits in a row): one C-level search
+# turns most strings of a flagged record away before the bytes tests
+_GATE: Final = re.compile(r"[@%+]|[0-9]{3}")
 
 
 def _all(data: bytes, mark: bytes) -> list[int]:
@@ -163,20 +174,34 @@ def redact_text(text: str) -> tuple[str, list[str]]:
 def scrub(value: Any, path: str, found: list[tuple[str, str]], redact: bool) -> Any:
     """The decoded value with PII replaced (when `redact`); findings appended as (kind, path).
 
-    Only string values are scanned: keys and numbers are left as they are.
+    Only string values are scanned: keys and numbers are left as they are. A string the
+    pre-filter clears is kept without building its path (most of a flagged record).
     """
-    if type(value) is str:
-        if not maybe_pii(value):
-            return value
-        if redact:
-            text, kinds = redact_text(value)
-        else:
-            text, kinds = value, find_pii(value)
-        found.extend((kind, path) for kind in kinds)
-        return text
-    if type(value) is dict:
+    shape = type(value)
+    if shape is str:
+        return _scrub_text(value, path, found, redact) if maybe_pii(value) else value
+    if shape is dict:
         prefix = f"{path}." if path else ""
-        return {k: scrub(v, f"{prefix}{k}", found, redact) for k, v in value.items()}
-    if type(value) is list:
+        clean = {}
+        for key, item in value.items():
+            shape = type(item)
+            if shape is str:
+                if maybe_pii(item):
+                    item = _scrub_text(item, f"{prefix}{key}", found, redact)
+            elif shape is dict or shape is list:
+                item = scrub(item, f"{prefix}{key}", found, redact)
+            clean[key] = item
+        return clean
+    if shape is list:
         return [scrub(v, f"{path}[]", found, redact) for v in value]
     return value
+
+
+def _scrub_text(text: str, path: str, found: list[tuple[str, str]], redact: bool) -> str:
+    """A string the pre-filter let through, through the exact patterns."""
+    if redact:
+        text, kinds = redact_text(text)
+    else:
+        kinds = find_pii(text)
+    found.extend((kind, path) for kind in kinds)
+    return text

@@ -82,23 +82,29 @@ class IdFields(msgspec.Struct):
     context: IdContext | None = None
 
 
-class Swaps(dict[str, tuple[bytes, bytes, bytes | None]]):
-    """value -> (`"field":<value as JSON>`, the same with `": "`, the replacement or None to
-    keep it), for one field: computed once per value, bounded."""
+Swap = tuple[bytes, bytes, bytes, bytes, bool]
+
+
+class Swaps(dict[str, Swap]):
+    """value -> (`"field":<value as JSON>`, the same with `": "`, the replacement (the pair
+    itself when the value stays), `"field"`, whether the value changes), for one field:
+    computed once per value, bounded by CACHE_SIZE entries (then cleared: a few MB at most,
+    ids being at most 1 KiB)."""
 
     def __init__(self, name: str, compute: Callable[[str], str]) -> None:
         super().__init__()
         self.name = name
         self.compute = compute
+        self.token = b'"%s"' % name.encode()
 
-    def __missing__(self, value: str) -> tuple[bytes, bytes, bytes | None]:
+    def __missing__(self, value: str) -> Swap:
         if len(self) >= CACHE_SIZE:
             self.clear()
         name = self.name
         new = self.compute(value)
         compact = encode_pair(name, value)
         spaced = compact.replace(b":", b": ", 1)
-        found = self[value] = (compact, spaced, None if new == value else encode_pair(name, new))
+        found = self[value] = (compact, spaced, encode_pair(name, new), self.token, new != value)
         return found
 
 
@@ -106,17 +112,36 @@ def encode_pair(name: str, value: str) -> bytes:
     return b'"%s":%s' % (name.encode(), _encode(value))
 
 
-def swap_value(line: bytes, swap: tuple[bytes, bytes, bytes | None]) -> bytes:
-    """The line with `"field":value` replaced; Unusual when it is spelled another way."""
-    compact, spaced, replacement = swap
-    if replacement is None:
+def splice(line: bytes, swap: Swap) -> bytes:
+    """The line with its one `"field":value` pair replaced: the same JSON value as decoding
+    the record, setting the field and encoding it again, for a line without `\\u` escapes
+    (the caller's test: one could spell the key another way). Unusual when the bytes alone
+    cannot say which pair the decoder read.
+
+    Unusual when `"field"` appears more than once (a duplicate key, the same name in a nested
+    object, the name as a string value) or the pair is spelled another way (escapes in the
+    value, other whitespace). Otherwise the one `"field"` in the line is the key msgspec
+    read: inside a JSON string every quote is escaped, so `"field"` cannot occur there.
+    Two C-level scans of the line (count, replace): no Python runs per byte.
+    """
+    compact, spaced, replacement, token, changes = swap
+    if not changes:
         return line
-    if compact in line:
-        return line.replace(compact, replacement)
-    if spaced in line:
-        return line.replace(spaced, replacement)
-    raise Unusual
+    if line.count(token) != 1:
+        raise Unusual
+    new = line.replace(compact, replacement, 1)
+    if new is line:
+        new = line.replace(spaced, replacement, 1)
+        if new is line:
+            raise Unusual
+    return new
+
+
+def escaped(line: bytes) -> bool:
+    """Whether a `\\u` escape could spell a key another way (memchr first: most lines hold
+    no backslash)."""
+    return b"\\" in line and b"\\u" in line
 
 
 class Unusual(Exception):
-    """A value spelled with escapes (or otherwise unlike its re-encoding): the regex path."""
+    """A pair the bytes cannot be trusted to locate (see `splice`): decode and encode."""

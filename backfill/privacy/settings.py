@@ -74,8 +74,10 @@ class HashKey:
         outer.update(inner.digest())
         return outer.hexdigest()
 
-    def hash_json(self, raw: bytes, limit: int = 512) -> bytes | None:
-        """The hash of a JSON string's content (without quotes), None if it is not one."""
+    def hash_json(self, raw: bytes, limit: int) -> bytes | None:
+        """The hash of a JSON string's content (without quotes), None if it is not one; the
+        content itself when empty or longer than `limit` (the schema's maximum for the
+        field: left for the validator to refuse, as on every other path)."""
         try:
             value = msgspec.json.decode(b'"%s"' % raw, type=str) if b"\\" in raw else raw.decode()
         except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
@@ -88,10 +90,6 @@ class HashKey:
         """Tells two keys apart without revealing either (for the checkpoint's settings: a
         resumed load with another key would send ids that no longer join)."""
         return self.hash("backfill: hash key fingerprint")[:16]
-
-    def redact(self, text: str) -> str:
-        key = self._key.decode()
-        return text.replace(key, "***") if key else text
 
     def __repr__(self) -> str:
         return "HashKey('***')"

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import add
 from typing import Any, Final, Literal
 
 import msgspec
+from msgspec import UNSET
 
 from backfill.errors import UsageError
 from backfill.privacy.detect import candidate_offsets, redact_text, scrub, truncate_ip
-from backfill.privacy.rewrite import IdFields, KeyRewriter, Swaps, Unusual, swap_value
+from backfill.privacy.rewrite import (
+    IdFields,
+    KeyRewriter,
+    Swaps,
+    Unusual,
+    escaped,
+    splice,
+)
 from backfill.privacy.settings import HashKey, PiiMode, PrivacySettings, load_hash_key
-from backfill.schema import Kind
-from backfill.sources import Block, Source
+from backfill.schema import MAX_ANONYMOUS_ID, MAX_ID, OUT_OF_WINDOW, Kind, RecordValidator
+from backfill.sources import Block, Problem, Source
 
 HASHABLE: Final[dict[str, frozenset[str]]] = {
     "interactions": frozenset({"user_id", "anonymous_id"}),
@@ -26,8 +37,13 @@ HASHABLE: Final[dict[str, frozenset[str]]] = {
 ID_PATHS: Final = frozenset(
     {"user_id", "anonymous_id", "product_id", "product_ids[]", "product_group_ids[]"}
 )
-# the contract's limits: a longer id stays as it is, for the validator to dead-letter as before
-MAX_ID: Final = {"user_id": 512, "anonymous_id": 1024}
+# the schema's limits: a longer id stays as it is, for the validator to dead-letter as before
+MAX_LENGTH: Final = {"user_id": MAX_ID, "anonymous_id": MAX_ANONYMOUS_ID}
+HASHED_IDS_NOTE: Final = (
+    "the ids listed are pseudonyms (HMAC-SHA256 with the hash key, as [privacy] hash_ids "
+    "loaded them): the ids the delete sends; the raw ids are not printed"
+)
+BLANK: Final = "blank line"  # what `settled` says of an empty slot (a problem, or blank)
 _decode: Final = msgspec.json.decode
 _encode: Final = msgspec.json.encode
 
@@ -42,8 +58,12 @@ class PrivacyCounts:
     records_dead_lettered: int = 0
     findings: Counter[str] = field(default_factory=Counter)  # "email@search.keywords": n
 
-    def report(self) -> dict[str, Any]:
+    def report(self, leg: int = 1) -> dict[str, Any]:
+        """The counts of the lines this leg read (`leg` of the load). They are not in the
+        checkpoint: a resumed load's report counts its last leg only (and lines read again
+        after an interruption count in both legs), which `counts_cover` says."""
         return {
+            "counts_cover": f"this leg only (leg {leg} of the load)",
             "ids_hashed": self.ids_hashed,
             "ips_truncated": self.ips_truncated,
             "pii_records_redacted": self.records_redacted,
@@ -63,6 +83,24 @@ def build_privacy(
         return None
     transform = PrivacyTransform(settings, load_hash_key(settings, environ), kind, operation)
     return transform if transform.does_something else None
+
+
+def ids_to_delete(
+    settings: PrivacySettings | None,
+    kind: Kind,
+    ids: list[str],
+    environ: dict[str, str] | None = None,
+) -> tuple[list[str], bool]:
+    """The ids a delete sends for `ids` (valid ids as given), and whether they are hashed.
+
+    With `hash_ids` on user_id, they are the pseudonyms the records were loaded with, which
+    a `delete --dry-run` lists instead of the raw ids the table deems personal data (the
+    user has those in the file they gave); a missing key is a UsageError, as for the run."""
+    step = build_privacy(settings, kind, "delete", environ)
+    if step is None or step.key is None:
+        return ids, False
+    key = step.key
+    return [key.hash(v) if 0 < len(v) <= MAX_ID else v for v in ids], True
 
 
 class PrivacyTransform:
@@ -87,7 +125,9 @@ class PrivacyTransform:
         self.pii: PiiMode = settings.pii if upload else "off"
         self.truncate = settings.truncate_ip and upload and kind == "interactions"
         self.counts = PrivacyCounts()
-        self._ids = KeyRewriter(fields, self._hash_value) if fields and upload else None
+        self._ids = [  # one per field: each has its length limit
+            KeyRewriter([name], self._hasher(MAX_LENGTH[name])) for name in fields if upload
+        ]
         self._ips = KeyRewriter(["truncated_ip"], self._truncate_value)
         self._decode_fields = msgspec.json.Decoder(IdFields).decode
         pseudonym = key.hash if key is not None else str
@@ -97,6 +137,7 @@ class PrivacyTransform:
         self._hash_user = "user_id" in fields and upload
         self._hash_anonymous = "anonymous_id" in fields and upload
         self._settings = settings
+        self._validator: RecordValidator | None = None
 
     def fingerprint(self) -> str:
         """The table and the key, for the checkpoint's settings: a resumed load with another
@@ -123,6 +164,19 @@ class PrivacyTransform:
     def does_something(self) -> bool:
         return bool(self.fields) or self.truncate or self.pii != "off"
 
+    def validate_with(self, validator: RecordValidator) -> Callable[[bytes], str | None]:
+        """Takes over validation, so that one decode of each line serves both: the validator
+        decodes the record and the ids are read from it (decoding them again cost half the
+        step). Each line is validated as it will be sent (after the step), exactly as before;
+        an invalid one becomes a problem of the block (a dead letter with its reason and
+        whole line), one outside the time window is filtered, a blank one left empty.
+
+        Returns the check for batching, which then has nothing left to refuse (an upload
+        only: a delete's ids keep their own check)."""
+        if not self.delete:
+            self._validator = validator
+        return settled if self._validator is not None else validator.check
+
     async def blocks(self, source: Source, blocks: AsyncIterator[Block]) -> AsyncIterator[Block]:
         async for block in blocks:
             self.apply(block)
@@ -133,52 +187,191 @@ class PrivacyTransform:
         if self.delete:
             self._hash_bare_ids(block)
             return
-        if block.problems and (self._ids is not None or self.pii in ("redact", "dead-letter")):
+        if block.problems and (self._ids or self.pii in ("redact", "dead-letter")):
             self._clean_problems(block)
-        slots = self._candidates(b"\n".join(block.lines)) if self.pii != "off" else []
-        if self._ids is not None or self.truncate:
-            self._rewrite(block)
+        joined = b"\n".join(block.lines)
+        slots = self._candidates(joined, block.lines) if self.pii != "off" else []
+        if self._validator is not None:
+            self._validate(block, set(slots), joined)
+            for slot in slots:  # ids and IPs, PII, then the verdict on the line as it is now
+                if block.lines[slot]:
+                    block.replace(slot, self._rewrite_line(block.lines[slot]))
+                    self._scan(block, slot)
+                    if block.lines[slot]:  # else a dead letter of the scan's
+                        self._settle(block, slot, block.lines[slot])
+            return
+        if self._ids or self.truncate:
+            for i, line in enumerate(block.lines):
+                if line and (new := self._rewrite_line(line)) is not line:
+                    block.replace(i, new)
         for slot in slots:
             self._scan(block, slot)
 
     # -- ids and IPs ----------------------------------------------------------------------
 
-    def _rewrite(self, block: Block) -> None:
-        """Ids and IPs, line by line: one msgspec decode of just those fields, then a bytes
-        replace of `"field":value`; a value spelled another way (escapes) is re-encoded."""
-        lines, replace, decode = block.lines, block.replace, self._decode_fields
+    def _validate(self, block: Block, flagged: set[int], joined: bytes) -> None:
+        """The hot path: each line not flagged for PII is validated (one msgspec decode) and
+        its ids are replaced in its bytes from what the validator decoded (`_fast`).
+
+        A line's `"user_id":value` is replaced where it first appears, which is right when
+        the name appears once in the line: one count over the whole block (`joined`, the
+        lines as they came) checks that for every line at once, instead of a scan of each
+        line; a block where it fails is done again line by line (`_splice`). An invalid
+        line, or one with `\\u` escapes, is rewritten as before and validated again as it
+        will be sent (`_settle`)."""
+        block.stored_lengths()  # then lines[i] = new is what Block.replace does
+        original = list(block.lines)
+        work = original.copy()
+        for i in flagged:
+            work[i] = b""  # the PII scan's (see apply)
+        slow: list[int] = []
+        escapes = b"\\" in joined and b"\\u" in joined  # memchr first: most blocks hold none
+        hashed, truncated = self._fast(block, work, slow, escapes)
+        others = [original[i] for i in (*flagged, *slow) if original[i]]
+        if hashed is not None and self._once_each(joined, others, hashed):
+            self.counts.ids_hashed += hashed[0] + hashed[1]
+            self.counts.ips_truncated += truncated
+        else:  # a name twice in some line (a duplicate key, or nested): line by line
+            self._line_by_line(block, original, flagged, slow)
+        for i in slow:
+            self._settle(block, i, self._rewrite_line(original[i]))
+
+    def _fast(
+        self, block: Block, work: list[bytes], slow: list[int], escapes: bool
+    ) -> tuple[list[int] | None, int]:
+        """Validates and rewrites the lines of `work` into `block`; the others go to `slow`.
+        Returns ([user_id hashed, anonymous_id hashed, user_id empty, anonymous_id empty],
+        IPs truncated), None for the first when a line left midway (its counts are then not
+        to be trusted: the block is done again line by line). Every step a line takes costs:
+        this loop is most of the step."""
+        assert self._validator is not None
+        validator, check, lines = self._validator, self._validator.check, block.lines
+        user_swaps, visitor_swaps = self._user_swaps, self._anonymous_swaps
         hash_user, hash_anonymous, truncate = self._hash_user, self._hash_anonymous, self.truncate
-        users, visitors, ips = self._user_swaps, self._anonymous_swaps, self._ip_swaps
-        hashed = truncated = 0
-        for i, line in enumerate(lines):
+        users = visitors = empty_users = empty_visitors = truncated = 0
+        midway = False
+        for i, line in enumerate(work):
             if not line:
                 continue
+            reason = check(line)
+            if (reason is not None and reason is not OUT_OF_WINDOW) or (escapes and escaped(line)):
+                slow.append(i)
+                continue
+            record, new, stage = validator.decoded, line, 0
             try:
-                found = decode(line)
-                new, ids, ip_done = line, 0, False
-                value = found.user_id
-                if value and hash_user and len(value) <= 512:
-                    new = _swap(new, users[value])
-                    ids += 1
-                value = found.anonymous_id
-                if value and hash_anonymous and len(value) <= 1024:
-                    new = _swap(new, visitors[value])
-                    ids += 1
-                context = found.context
-                ip = context.truncated_ip if truncate and context is not None else None
-                if ip and (ip[-2:] != ".0" or ":" in ip):  # an IPv4 /24 already: no entry
-                    swap = ips[ip]
-                    new = swap_value(new, swap)
-                    ip_done = swap[2] is not None
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, Unusual):
-                new = self._by_record(line)  # counts what it rewrites itself
-            else:  # counted only here: a line that fell back above is not counted twice
-                hashed += ids
-                truncated += ip_done
-            if new is not line:
-                replace(i, new)
-        self.counts.ids_hashed += hashed
-        self.counts.ips_truncated += truncated
+                if hash_user:
+                    if value := record.user_id:  # the first pair (see _once_each)
+                        compact, spaced, replacement, _, _ = user_swaps[value]
+                        new = line.replace(compact, replacement, 1)
+                        if new is line and (new := line.replace(spaced, replacement, 1)) is line:
+                            raise Unusual
+                        users += 1
+                    elif value is not UNSET:
+                        empty_users += 1
+                stage = 1
+                if hash_anonymous:
+                    if value := record.anonymous_id:
+                        compact, spaced, replacement, _, _ = visitor_swaps[value]
+                        old, new = new, new.replace(compact, replacement, 1)
+                        if new is old and (new := old.replace(spaced, replacement, 1)) is old:
+                            raise Unusual
+                        visitors += 1
+                    elif value is not UNSET:
+                        empty_visitors += 1
+                stage = 2
+                if (
+                    truncate
+                    and (context := record.context)
+                    and (ip := context.truncated_ip)
+                    and (ip[-1] != "0" or ip[-2] != ".")  # else a /24 already: no entry
+                ):
+                    swap = self._ip_swaps[ip]
+                    new = splice(new, swap)
+                    truncated += swap[4]
+            except Unusual:  # done again whole; if this pass counted some of it, so is the block
+                slow.append(i)
+                midway = midway or stage > 0
+                continue
+            lines[i] = new
+            if reason is not None:
+                block.filter(i, reason)
+        return None if midway else [users, visitors, empty_users, empty_visitors], truncated
+
+    def _once_each(self, joined: bytes, others: list[bytes], counts: list[int]) -> bool:
+        """Whether each id name appears exactly once in each fast line that has it (and in
+        no other fast line): the block's count equals those lines plus the other lines' own
+        (`others`: flagged and slow lines, as they came)."""
+        names = [(self._hash_user, b'"user_id"', counts[0] + counts[2])]
+        names.append((self._hash_anonymous, b'"anonymous_id"', counts[1] + counts[3]))
+        for hashing, token, lines in names:
+            if hashing and joined.count(token) != lines + sum(o.count(token) for o in others):
+                return False
+        return True
+
+    def _line_by_line(
+        self, block: Block, original: list[bytes], flagged: set[int], slow: list[int]
+    ) -> None:
+        """The fast path's ids again, each line checked alone (`_rewrite_line`)."""
+        skip = flagged.union(slow)
+        for i, line in enumerate(original):
+            if line and i not in skip:
+                new = self._rewrite_line(line)
+                if block.lines[i]:  # else filtered (out of the window): counted all the same
+                    block.lines[i] = new
+
+    def _truncated(self, line: bytes, ip: Any) -> tuple[bytes, bool]:
+        if ip and (ip[-2:] != ".0" or ":" in ip):  # an IPv4 /24 already: no entry
+            swap = self._ip_swaps[ip]
+            return splice(line, swap), swap[4]
+        return line, False
+
+    def _splice(self, line: bytes, record: Any) -> tuple[bytes, int, bool]:
+        """(the line with the record's ids and IP replaced in its bytes, ids hashed, IP
+        truncated); `record` has the fields (a Struct of the schema or IdFields), falsy when
+        missing. Unusual when a pair cannot be located in the bytes alone (see `splice`)."""
+        new, ids, ip_done = line, 0, False
+        if self._hash_user:
+            value = record.user_id
+            if value and len(value) <= MAX_ID:
+                new = splice(new, self._user_swaps[value])
+                ids += 1
+        if self._hash_anonymous:
+            value = record.anonymous_id
+            if value and len(value) <= MAX_ANONYMOUS_ID:
+                new = splice(new, self._anonymous_swaps[value])
+                ids += 1
+        if self.truncate and (context := record.context):
+            new, ip_done = self._truncated(new, context.truncated_ip)
+        return new, ids, ip_done
+
+    def _rewrite_line(self, line: bytes) -> bytes:
+        """Ids and IPs of one line: a msgspec decode of just those fields, then `_splice`;
+        a line that does not decode so, or whose pairs cannot be located, is decoded whole."""
+        try:
+            if escaped(line):
+                raise Unusual
+            new, ids, ip_done = self._splice(line, self._decode_fields(line))
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, Unusual):
+            return self._by_record(line)  # counts what it rewrites itself
+        self.counts.ids_hashed += ids  # counted only here: a fallback counts once
+        self.counts.ips_truncated += ip_done
+        return new
+
+    def _settle(self, block: Block, i: int, line: bytes) -> None:
+        """Slot `i` holds `line` if valid, else it becomes what batching would make of it: a
+        dead letter with its reason, a filtered record, a blank line."""
+        assert self._validator is not None
+        reason = self._validator.check(line)
+        if reason is None:
+            if line is not block.lines[i]:
+                block.replace(i, line)
+        elif reason is OUT_OF_WINDOW:
+            block.filter(i, reason)
+        elif line.isspace():
+            block.replace(i, b"")
+        else:  # the whole line, as batching keeps it for the dead-letter file
+            block.problems[block.first + i] = Problem(reason, block.stored_lengths()[i], line)
+            block.lines[i] = b""
 
     def _by_record(self, line: bytes) -> bytes:
         """The whole record decoded, its top-level ids and context IP rewritten, encoded
@@ -192,7 +385,7 @@ class PrivacyTransform:
         changed = 0
         for name in self.fields:
             value = record.get(name)
-            if type(value) is str and 0 < len(value) <= MAX_ID[name]:
+            if type(value) is str and 0 < len(value) <= MAX_LENGTH[name]:
                 record[name] = self._user_swaps.compute(value)
                 self.counts.ids_hashed += 1
                 changed += 1
@@ -205,18 +398,21 @@ class PrivacyTransform:
         return _encode(record) if changed else line
 
     def _by_regex(self, line: bytes) -> bytes:
-        if self._ids is not None:
-            line, n = self._ids(line)
+        for rewriter in self._ids:
+            line, n = rewriter(line)
             self.counts.ids_hashed += n
         if self.truncate:
             line, n = self._ips(line)
             self.counts.ips_truncated += n
         return line
 
-    def _hash_value(self, raw: bytes) -> bytes | None:
-        assert self.key is not None
-        hashed = self.key.hash_json(raw)
-        return None if hashed == raw else hashed
+    def _hasher(self, limit: int) -> Callable[[bytes], bytes | None]:
+        def hash_value(raw: bytes) -> bytes | None:
+            assert self.key is not None
+            hashed = self.key.hash_json(raw, limit)
+            return None if hashed == raw else hashed
+
+        return hash_value
 
     def _truncate_value(self, raw: bytes) -> bytes | None:
         try:
@@ -233,7 +429,7 @@ class PrivacyTransform:
             return
         for i, line in enumerate(block.lines):
             if len(line) >= 2 and line[0] == 34 and line[-1] == 34:  # '"'
-                hashed = self.key.hash_json(line[1:-1])
+                hashed = self.key.hash_json(line[1:-1], MAX_ID)
                 if hashed is not None and hashed != line[1:-1]:
                     block.replace(i, b'"%s"' % hashed)
                     self.counts.ids_hashed += 1
@@ -241,15 +437,15 @@ class PrivacyTransform:
     # -- PII ------------------------------------------------------------------------------
 
     @staticmethod
-    def _candidates(joined: bytes) -> list[int]:
-        """Slots of the lines where the bytes pre-filter matches (a superset of PII)."""
-        slots: set[int] = set()
-        line = previous = 0
-        for pos in sorted(candidate_offsets(joined)):
-            line += joined.count(b"\n", previous, pos)
-            previous = pos
-            slots.add(line)
-        return sorted(slots)
+    def _candidates(joined: bytes, lines: list[bytes]) -> list[int]:
+        """Slots of the lines where the bytes pre-filter matches (a superset of PII); the
+        offsets in `joined` (the lines and a newline each) found by bisection of the lines'
+        starting offsets, taken in C (counting newlines cost a pass over the block)."""
+        offsets = candidate_offsets(joined)
+        if not offsets:
+            return []
+        starts = list(map(add, accumulate(map(len, lines), initial=0), range(len(lines) + 1)))
+        return sorted({bisect_right(starts, pos) - 1 for pos in offsets})
 
     def _scan(self, block: Block, slot: int) -> None:
         raw = block.lines[slot]
@@ -290,8 +486,8 @@ class PrivacyTransform:
             raw = problem.raw
             if not raw:
                 continue
-            if self._ids is not None:
-                raw = self._ids(raw)[0]  # not counted: these lines are never sent
+            for rewriter in self._ids:  # not counted: these lines are never sent
+                raw = rewriter(raw)[0]
             if self.pii in ("redact", "dead-letter") and candidate_offsets(raw):
                 text, _ = redact_text(raw.decode("utf-8", "surrogateescape"))
                 raw = text.encode("utf-8", "surrogateescape")
@@ -299,11 +495,7 @@ class PrivacyTransform:
                 block.problems[index] = problem._replace(raw=raw)
 
 
-def _swap(line: bytes, swap: tuple[bytes, bytes, bytes | None]) -> bytes:
-    """swap_value for a value that always changes (a hash): the common spelling costs one
-    scan of the line, not two."""
-    old, _, replacement = swap
-    if replacement is None:
-        return line
-    new = line.replace(old, replacement)
-    return swap_value(line, swap) if new is line else new
+def settled(line: bytes) -> str | None:
+    """Batching's check after `PrivacyTransform.validate_with`: every line the step left is
+    valid; an empty slot is a problem of the block or a blank line."""
+    return None if line else BLANK
