@@ -13,14 +13,30 @@ import asyncio
 import contextlib
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Final
 
 from backfill.sources.block import PREVIEW, Block, Problem
 from backfill.sources.source import Source
+
+try:  # ISA-L's inflate: the same stream, 2.3x less CPU than zlib's (see README, Benchmarks)
+    from isal import isal_zlib as _zlib
+
+    INFLATER: Final = "isal"
+    _ERRORS: tuple[type[Exception], ...] = (zlib.error, _zlib.error)
+except ImportError:  # a platform without its wheel: the standard library's zlib
+    _zlib = zlib  # type: ignore[no-redef]
+    INFLATER = "zlib"  # type: ignore[misc]
+    _ERRORS = (zlib.error,)
 
 GZIP_MAGIC = b"\x1f\x8b"
 BOM = b"\xef\xbb\xbf"
 INFLATE_PIECE = 1 << 20  # bounds memory (gzip bombs) and the event loop's time per block
 INFLATE_AHEAD = 8  # pieces inflated per hop to the worker thread: at most 2 x 8 MiB held
+
+
+def gzip_decompressor() -> Any:
+    """A decompressor of one gzip member, from the inflater the engine uses (INFLATER)."""
+    return _zlib.decompressobj(wbits=31)
 
 
 class _Inflater:
@@ -34,7 +50,7 @@ class _Inflater:
 
     def __init__(self, gzipped: bool) -> None:
         self.gzipped = gzipped
-        self._d = zlib.decompressobj(wbits=31)
+        self._d = gzip_decompressor()
         self._fed = False
         self._input = b""
         self._full = False  # the last piece hit the limit: zlib may hold more output
@@ -64,12 +80,12 @@ class _Inflater:
                     self._next_member(self._d.unused_data)
                 if piece:
                     return piece
-        except zlib.error as exc:
+        except _ERRORS as exc:
             self.broken = f"corrupt gzip data ({exc}); the rest of the file cannot be read"
         return None
 
     def _next_member(self, rest: bytes) -> None:
-        self._d, self._fed, self._full = zlib.decompressobj(wbits=31), False, False
+        self._d, self._fed, self._full = gzip_decompressor(), False, False
         self._input = rest
         if rest and not (rest.startswith(GZIP_MAGIC) or GZIP_MAGIC.startswith(rest)):
             if rest.strip(b"\0"):  # NUL padding after the last member is harmless

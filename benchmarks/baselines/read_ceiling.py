@@ -1,7 +1,8 @@
 """Ceiling 1: read and decompress the files, count lines, parse nothing.
 
 No loader can beat this on one core: it is the cost of getting the bytes off disk and out of
-gzip. `python -m benchmarks.baselines.read_ceiling FILE...`
+gzip, with the engine's own inflater (benchmarks.data.inflate).
+`python -m benchmarks.baselines.read_ceiling FILE...`
 """
 
 from __future__ import annotations
