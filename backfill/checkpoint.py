@@ -508,10 +508,7 @@ class Checkpoint:
                 "VALUES (?, ?, ?, ?, ?, 'acked', ?, ?, ?, ?, ?, ?, ?)",
                 (*_row(batch), *outcome[:4]),
             ),
-            (
-                "UPDATE legs SET last_seen=?, requests=?, retries=? WHERE id=?",
-                (time.time(), *leg, self.leg),
-            ),
+            self._leg_row(leg),
         ]
         if outcome.maybe_twice:
             statements.append(
@@ -521,6 +518,13 @@ class Checkpoint:
                 )
             )
         await self._call(self._settle, statements, first)
+
+    def _leg_row(self, leg: tuple[int, int]) -> tuple[str, tuple[Any, ...]]:
+        """The leg's last sign of life and its (requests, retries) so far."""
+        return (
+            "UPDATE legs SET last_seen=?, requests=?, retries=? WHERE id=?",
+            (time.time(), *leg, self.leg),
+        )
 
     def _settle(
         self, statements: list[tuple[str, tuple[Any, ...]]], first: Callable[[], None] | None

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from benchmarks.baselines.stages import STAGES
 from benchmarks.contenders import run_engine
 from benchmarks.data import Dataset, dataset
-from benchmarks.harness import BenchError, Server, Usage, child_env, module, run_measured, say
+from benchmarks.harness import BenchError, Server, Usage, module, run_measured, say
 from benchmarks.plan import current
 from benchmarks.report import table
 

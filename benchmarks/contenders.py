@@ -176,7 +176,9 @@ def measure_all(plan: Plan, data: Dataset) -> tuple[dict[str, Result], EngineRun
         results["careful"].note = "asyncio + aiohttp + json, 8 in flight"
     say("  ceilings")
     results["read"] = _offline(
-        "read", module("benchmarks.baselines.read_ceiling", *files), f"gunzip ({INFLATER}) + count lines"
+        "read",
+        module("benchmarks.baselines.read_ceiling", *files),
+        f"gunzip ({INFLATER}) + count lines",
     )
     results["validate"] = _offline(
         "validate",

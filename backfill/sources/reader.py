@@ -13,20 +13,25 @@ import asyncio
 import contextlib
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator
+from types import ModuleType
 from typing import Any, Final
 
 from backfill.sources.block import PREVIEW, Block, Problem
 from backfill.sources.source import Source
 
-try:  # ISA-L's inflate: the same stream, 2.3x less CPU than zlib's (see README, Benchmarks)
-    from isal import isal_zlib as _zlib
 
-    INFLATER: Final = "isal"
-    _ERRORS: tuple[type[Exception], ...] = (zlib.error, _zlib.error)
-except ImportError:  # a platform without its wheel: the standard library's zlib
-    _zlib = zlib  # type: ignore[no-redef]
-    INFLATER = "zlib"  # type: ignore[misc]
-    _ERRORS = (zlib.error,)
+def _inflate_module() -> tuple[ModuleType, str]:
+    """ISA-L's inflate (a dependency: the same stream in 2.3x less CPU than zlib's, see
+    README, Benchmarks); the standard library's zlib on a platform without its wheel."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib, "zlib"
+    return isal_zlib, "isal"
+
+
+_zlib, INFLATER = _inflate_module()
+_ERRORS: Final[tuple[type[Exception], ...]] = (zlib.error, _zlib.error)
 
 GZIP_MAGIC = b"\x1f\x8b"
 BOM = b"\xef\xbb\xbf"
@@ -79,7 +84,7 @@ class _Inflater:
                 if self._d.eof:  # a member ended; another may follow (multi-member gzip)
                     self._next_member(self._d.unused_data)
                 if piece:
-                    return piece
+                    return bytes(piece)
         except _ERRORS as exc:
             self.broken = f"corrupt gzip data ({exc}); the rest of the file cannot be read"
         return None

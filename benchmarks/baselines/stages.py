@@ -26,6 +26,7 @@ from pathlib import Path
 import uvloop
 
 import backfill.cli  # noqa: F401  (start-up as `backfill run`'s)
+from backfill import allocator
 from backfill.batching import Batch, BatchBuilder
 from backfill.checkpoint import Checkpoint, Outcome
 from backfill.schema import RecordValidator, Rules
@@ -61,9 +62,7 @@ async def read(files: list[Path], stage: str) -> int:
     try:
         for file_id, path in enumerate(files, 1):
             source = LocalFile(path, path.name)
-            builder = BatchBuilder(
-                file_id, path.name, check, max_records=10_000, max_bytes=5 << 20
-            )
+            builder = BatchBuilder(file_id, path.name, check, max_records=10_000, max_bytes=5 << 20)
             blocks = open_blocks(source, START)
             async with contextlib.aclosing(blocks):
                 async for block in blocks:
@@ -92,6 +91,7 @@ async def _send(batch: Batch, body: object, cp: Checkpoint | None) -> None:
 
 
 def main(argv: list[str]) -> int:
+    allocator.tune()  # as `backfill run`
     stage, files = argv[0], [Path(a) for a in argv[1:]]
     if stage not in STAGES:
         print(f"stages: unknown stage {stage!r} (one of {', '.join(STAGES)})", file=sys.stderr)
