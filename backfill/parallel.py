@@ -1,11 +1,13 @@
 """`--processes N`: one load on every core of a machine, with one checkpoint.
 
-    parent (ParallelEngine)                        worker processes (spawned, N)
-      lists inputs, locks the state dir,             attach to the same checkpoint (no lock),
-      starts the leg, plans the resume  <──next?──   ask for the next file when free, and
+    parent (ParallelEngine)                        worker processes (spawned first, N)
+      lists inputs, locks the state dir,             start up (imports) meanwhile, then
+      pre-scans a catalog, starts the   ───leg───>   attach to the same checkpoint (no lock),
+      leg, plans the resume             <──next?──   ask for the next file when free, and
       (Engine.run, unchanged)           ──index──>   load it with the ordinary pipeline
       sums the workers' counters       <─counters─   (Engine, unchanged)
-      one progress line, one report, end of leg      (one pipe per worker)
+      one progress line, one report,   <──done───    (one pipe per worker)
+      the end of the leg
 
 Why one SQLite checkpoint shared by the workers, rather than one per worker or a parent that
 writes for everyone: a file's acknowledged ranges are found wherever they were written, so a
@@ -17,7 +19,8 @@ and a writer that finds the database busy waits (`busy_timeout`). The state dir'
 held by the parent, so no other command can use the directory meanwhile. Every leg-wide step
 (matching inputs with the checkpoint, resolving ambiguous batches, the dead letters to
 suppress, the end of the leg and the report) is the single-process code run once, in the
-parent.
+parent. The leg's request and retry counts are the workers' sum: each adds what it sent to
+the leg's row with every batch it settles.
 
 Files are handed out one at a time as workers become free, so one large file does not leave
 the other cores idle. One pipe per worker rather than a shared multiprocessing queue: a
