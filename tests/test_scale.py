@@ -187,7 +187,7 @@ def workers_of(pid: int) -> list[int]:
     found = []
     for child in children:
         with contextlib.suppress(OSError):
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if Path(f"/proc/{child}/cmdline").read_bytes():  # not a zombie: alive
                 found.append(int(child))
     return found
 
