@@ -15,7 +15,6 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
-from operator import add
 
 from backfill.schema import OUT_OF_WINDOW
 from backfill.sources import Block
@@ -169,8 +168,9 @@ class BatchBuilder:
         """The hot path: validate lines [start, stop) of `block` into batches.
 
         Validation runs as one `map` over the lines; when every line is valid (the common
-        case) whole slices are appended at once, cut by count and bytes with bisect over
-        cumulative sizes, so no Python code runs per record beyond `check` itself.
+        case) whole slices are appended at once, cut by count (and by bytes with bisect over
+        cumulative sizes when they would not fit), so no Python code runs per record beyond
+        `check` itself.
         """
         lines = block.lines[start - block.first : stop - block.first]
         reasons = list(map(self._check, lines))
@@ -180,22 +180,24 @@ class BatchBuilder:
             self._take_mixed(block, lines, start, reasons)
 
     def _take_valid(self, block: Block, lines: list[bytes], start: int) -> None:
-        # cum[k]: bytes of lines[:k] with a separator each
-        cum = list(map(add, accumulate(map(len, lines), initial=0), range(len(lines) + 1)))
         i, n = 0, len(lines)
         while i < n:
             batch = self._batch or self._open(block, start + i)
-            room = self._max_records - len(batch.records)
-            budget = self._max_bytes - batch.size + cum[i]
-            j = max(i, bisect_right(cum, budget, i, min(n, i + room) + 1) - 1)
-            if j == i:
-                if batch.records:  # the next record does not fit: this batch is full
-                    self._close(block, start + i)
-                    continue
-                j = i + 1  # a record larger than the limit goes out alone
-            batch.records.extend(lines[i:j])
-            batch.record_lines.extend(range(start + i, start + j))
-            batch.size += cum[j] - cum[i]
+            j = min(n, i + self._max_records - len(batch.records))
+            chunk = lines[i:j]
+            size = sum(map(len, chunk)) + len(chunk)  # with a separator each
+            if batch.size + size > self._max_bytes:  # cut by bytes (rare): the most that fit
+                cum = list(accumulate(map((1).__add__, map(len, chunk)), initial=0))
+                k = max(0, bisect_right(cum, self._max_bytes - batch.size) - 1)
+                if k == 0:
+                    if batch.records:  # the next record does not fit: this batch is full
+                        self._close(block, start + i)
+                        continue
+                    k = 1  # a record larger than the limit goes out alone
+                chunk, j, size = chunk[:k], i + k, cum[k]
+            batch.records += chunk
+            batch.record_lines += range(start + i, start + j)
+            batch.size += size
             i = j
             if len(batch.records) >= self._max_records:
                 self._close(block, start + i)

@@ -558,10 +558,7 @@ class Checkpoint:
                 "VALUES (?, ?, ?, ?, ?, 'acked', ?, ?, ?, ?, ?, ?, ?)",
                 (*_row(batch), *outcome[:4]),
             ),
-            (
-                "UPDATE legs SET last_seen=?, requests=?, retries=? WHERE id=?",
-                (time.time(), *leg, self.leg),
-            ),
+            self._leg_row(leg),
         ]
         if outcome.maybe_twice:
             statements.append(
@@ -572,6 +569,13 @@ class Checkpoint:
             )
         merge = (batch.file_id, batch.start_line, batch.end_line) if self.merge else None
         await self._call(self._settle, statements, first, merge)
+
+    def _leg_row(self, leg: tuple[int, int]) -> tuple[str, tuple[Any, ...]]:
+        """The leg's last sign of life and its (requests, retries) so far."""
+        return (
+            "UPDATE legs SET last_seen=?, requests=?, retries=? WHERE id=?",
+            (time.time(), *leg, self.leg),
+        )
 
     def _settle(
         self,

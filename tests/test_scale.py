@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 from collections import Counter
@@ -185,7 +187,7 @@ def workers_of(pid: int) -> list[int]:
     found = []
     for child in children:
         with contextlib.suppress(OSError):
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if Path(f"/proc/{child}/cmdline").read_bytes():  # not a zombie: alive
                 found.append(int(child))
     return found
 
@@ -430,3 +432,119 @@ def test_metrics_with_processes_are_refused_before_anything_starts(tmp_path: Pat
         assert proc.returncode == 2, proc.stderr
         assert "work with one process only" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "state").exists()
+
+
+# -- review of parallel.py: what the parent plans once, and what it adds up -----------------
+
+IN_OPEN = 0x20  # inotify(7)
+
+
+class Opens:
+    """How many times each file of a directory is opened, by any process (inotify)."""
+
+    def __init__(self, directory: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK)
+        assert self.fd >= 0 and libc.inotify_add_watch(self.fd, bytes(directory), IN_OPEN) >= 0
+
+    def take(self) -> Counter[str]:
+        """The opens since the last call, by file name."""
+        seen: Counter[str] = Counter()
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return seen
+            at = 0
+            while at < len(data):
+                _, mask, _, size = struct.unpack_from("iIII", data, at)
+                name = data[at + 16 : at + 16 + size].rstrip(b"\0").decode()
+                if mask & IN_OPEN and name:
+                    seen[name] += 1
+                at += 16 + size
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+async def test_processes_prescan_the_catalog_once_as_one_process_does(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """The parent's plan goes to the workers: with --processes 2 each input is opened as
+    often as with one process (listing, the two pre-scan passes, the send pass), not pre-
+    scanned again by every worker."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for f in range(4):
+        rows = [{"product_id": f"p{p}", "title": f"v{f}"} for p in range(20)]
+        write_lines(logs / f"products-{f}.jsonl", [json.dumps(r).encode() for r in rows])
+    opens = Opens(logs)
+    try:
+        counts = []
+        for n, state in (("1", "one"), ("2", "two")):
+            args = run_args(server, tmp_path / state, str(logs))
+            code, out = await backfill(
+                *args, "--kind", "products", "--processes", n, key=server.secret_key
+            )
+            assert code == 0, out
+            counts.append(opens.take())
+    finally:
+        opens.close()
+    one, two = counts
+    assert set(one) == {f"products-{f}.jsonl" for f in range(4)}
+    assert two == one, f"one process: {dict(one)}; two: {dict(two)}"
+
+
+async def test_processes_count_every_request_the_server_saw_once_resumed(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """Each worker adds its requests to the leg's row: after a kill -9 of the parent (so no
+    end of leg) and a resume, the report's requests are the server's, within what was in
+    flight at the kill. A worker setting the row would have erased the other's (about half)."""
+    load = Load(tmp_path, server)
+    server.set_faults(Faults(latency="0.05"))
+    proc = await load.start("--processes", "2", "--batch-size", "25")
+    await load.until_received(proc, 60)
+    os.kill(proc.pid, signal.SIGKILL)
+    await load.finish(proc)
+    server.set_faults(Faults(fail_first=3))  # three retries in the resumed leg
+    code, output = await load.finish(await load.start("--processes", "1"))
+    assert code == 0, output
+    report = json.loads(load.report.read_text())
+    received = await load.received()
+    assert received - 6 <= report["batches_sent"] <= received, (report["batches_sent"], received)
+    assert report["retries"] == 3
+
+
+async def test_processes_report_exactly_the_requests_and_retries_the_server_saw(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    load = Load(tmp_path, server)
+    server.set_faults(Faults(fail_first=5))
+    code, output = await load.finish(await load.start("--processes", "2"))
+    assert code == 0, output
+    report = json.loads(load.report.read_text())
+    assert report["batches_sent"] == await load.received()
+    assert (report["retries"], report["records_accepted"]) == (5, 10_000)
+    code, out = await backfill("status", "--state-dir", str(tmp_path / "state"), "--json")
+    assert json.loads(out)["batches_sent"] == report["batches_sent"], out
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+async def test_an_all_invalid_input_gets_the_same_hint_with_processes(
+    tmp_path: Path, server: RunningServer, processes: str
+) -> None:
+    """The workers' first invalid lines go back to the parent, which guesses the cause."""
+    document = tmp_path / "export.json"
+    document.write_text(json.dumps([interaction(i) for i in range(3)], indent=1) + "\n")
+    lines = len(document.read_text().splitlines())
+    code, out = await backfill(
+        *run_args(server, tmp_path / "state", str(document)), "--processes", processes,
+        key=server.secret_key,
+    )  # fmt: skip
+    assert code == 3, out
+    assert (
+        f"all {lines} records read are invalid, so nothing was loaded (this looks like one " in out
+    )
+    assert "`jq -c '.[]' FILE > FILE.jsonl`" in out
