@@ -36,7 +36,7 @@ CATEGORIES: list[tuple[str, str]] = [
     ("validation (schema.py)", r"backfill/schema\.py"),
     ("batching (batching.py)", r"backfill/batching\.py"),
     ("reading: gunzip, split (sources/)", r"backfill/sources/"),
-    ("checkpoint (SQLite)", r"backfill/checkpoint\.py|sqlite3"),
+    ("checkpoint (SQLite)", r"backfill/checkpoint/|sqlite3"),
     ("HTTP (aiohttp, client.py)", r"aiohttp/|backfill/client\.py|yarl/|multidict/"),
     ("engine wiring (engine.py)", r"backfill/engine\.py"),
     ("event loop (asyncio, uvloop)", r"asyncio/|uvloop"),
