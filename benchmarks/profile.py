@@ -38,7 +38,7 @@ CATEGORIES: list[tuple[str, str]] = [
     ("reading: gunzip, split (sources/)", r"backfill/sources/"),
     ("checkpoint (SQLite)", r"backfill/checkpoint/|sqlite3"),
     ("HTTP (aiohttp, client.py)", r"aiohttp/|backfill/client\.py|yarl/|multidict/"),
-    ("engine wiring (engine.py)", r"backfill/engine\.py"),
+    ("engine wiring (engine.py)", r"backfill/engine/"),
     ("event loop (asyncio, uvloop)", r"asyncio/|uvloop"),
 ]
 _LINE = re.compile(r"^thread \((\d+)\)(?::[^;]*)?;?(.*) (\d+)$")
