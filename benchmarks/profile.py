@@ -33,7 +33,7 @@ RATE = 200  # samples per second
 CATEGORIES: list[tuple[str, str]] = [
     ("start-up (imports)", r"importlib|<frozen|_find_and_load"),
     ("idle (threads waiting)", r"concurrent/futures/thread\.py:\d+\)$|_worker \(|threading\.py"),
-    ("validation (schema.py)", r"backfill/schema\.py"),
+    ("validation (schema.py)", r"backfill/schema/"),
     ("batching (batching.py)", r"backfill/batching\.py"),
     ("reading: gunzip, split (sources/)", r"backfill/sources/"),
     ("checkpoint (SQLite)", r"backfill/checkpoint/|sqlite3"),
