@@ -33,12 +33,12 @@ RATE = 200  # samples per second
 CATEGORIES: list[tuple[str, str]] = [
     ("start-up (imports)", r"importlib|<frozen|_find_and_load"),
     ("idle (threads waiting)", r"concurrent/futures/thread\.py:\d+\)$|_worker \(|threading\.py"),
-    ("validation (schema.py)", r"backfill/schema/"),
+    ("validation (schema/)", r"backfill/schema/"),
     ("batching (batching.py)", r"backfill/batching\.py"),
     ("reading: gunzip, split (sources/)", r"backfill/sources/"),
     ("checkpoint (SQLite)", r"backfill/checkpoint/|sqlite3"),
     ("HTTP (aiohttp, client.py)", r"aiohttp/|backfill/client\.py|yarl/|multidict/"),
-    ("engine wiring (engine.py)", r"backfill/engine/"),
+    ("engine wiring (engine/)", r"backfill/engine/"),
     ("event loop (asyncio, uvloop)", r"asyncio/|uvloop"),
 ]
 _LINE = re.compile(r"^thread \((\d+)\)(?::[^;]*)?;?(.*) (\d+)$")
