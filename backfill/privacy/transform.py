@@ -15,7 +15,14 @@ import msgspec
 from msgspec import UNSET
 
 from backfill.errors import UsageError
-from backfill.privacy.detect import candidate_offsets, redact_text, scrub, truncate_ip
+from backfill.privacy.detect import (
+    candidate_gate,
+    candidate_offsets,
+    maybe_pii,
+    redact_text,
+    scrub,
+    truncate_ip,
+)
 from backfill.privacy.rewrite import (
     IdFields,
     KeyRewriter,
@@ -451,8 +458,9 @@ class PrivacyTransform:
         raw = block.lines[slot]
         redact = self.pii != "warn"
         found: list[tuple[str, str]] = []
+        gate = candidate_gate(raw) or maybe_pii  # the line's marks, when its strings are bytes
         try:
-            clean = scrub(_decode(raw), "", found, redact)
+            clean = scrub(_decode(raw), "", found, redact, gate)
         except (msgspec.DecodeError, UnicodeDecodeError):  # a dead letter to be: keep PII out
             text, kinds = redact_text(raw.decode("utf-8", "surrogateescape"))
             found = [(kind, "(malformed line)") for kind in kinds]
