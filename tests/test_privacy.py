@@ -33,6 +33,7 @@ from backfill.privacy import (
     redact_text,
     truncate_ip,
 )
+from backfill.privacy.detect import _EXACT, _classify, candidate_gate
 from backfill.schema import RecordValidator, Rules
 from backfill.sources import START, Block, LocalFile, Problem, open_blocks
 from benchmarks.privacy import compare, compare_engine, table
@@ -341,6 +342,30 @@ def test_prefilter_is_a_superset_of_the_exact_scan(text: str) -> None:
 def test_the_per_string_prefilter_lets_every_finding_through(text: str, kinds: list[str]) -> None:
     assert maybe_pii(text)
     assert not maybe_pii("shoes size 42")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PII_ALPHABET, max_size=40).map("".join))
+def test_each_string_is_searched_with_the_alternatives_that_can_match_it(text: str) -> None:
+    """find_pii and redact_text search with a subset of the patterns, chosen by what the
+    string holds: they find exactly what the whole pattern finds."""
+    whole = [kind for m in _EXACT.finditer(text) if (kind := _classify(m)) is not None]
+    assert find_pii(text) == whole
+    assert redact_text(text)[1] == whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_PII_ALPHABET, max_size=30).map("".join), min_size=1, max_size=4))
+def test_the_line_gate_lets_every_string_maybe_pii_would_through(texts: list[str]) -> None:
+    """A flagged line's strings are gated by the line's own marks instead of maybe_pii:
+    every string maybe_pii lets through (so every finding) must pass the line's gate."""
+    record = {"a": texts[0], "b": {"c": texts[1:], "n": 4155552671}, "k": "2026-06-01T00:01"}
+    gate = candidate_gate(json.dumps(record, ensure_ascii=False).encode())
+    assert gate is not None
+    for text in texts:
+        if maybe_pii(text):
+            assert gate(text), text
+    assert candidate_gate(b'{"a":"ana\\u0040example.com"}') is None  # strings are not bytes
 
 
 def test_clean_generated_records_are_not_candidates() -> None:
