@@ -8,6 +8,8 @@ import gzip
 import hashlib
 import hmac
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,14 @@ from backfill.privacy import (
     redact_text,
     truncate_ip,
 )
-from backfill.privacy.detect import _EXACT, _classify, candidate_gate
+from backfill.privacy.detect import (
+    _EXACT,
+    PREFILTER_ENV,
+    PREFILTERS,
+    _classify,
+    candidate_gate,
+    prefilter,
+)
 from backfill.schema import RecordValidator, Rules
 from backfill.sources import START, Block, LocalFile, Problem, open_blocks
 from benchmarks.privacy import compare, compare_engine, table
@@ -41,6 +50,23 @@ from tests.helpers import interaction, line
 
 KEY = "test-hash-key-0123456789abcdef"
 ALL_ON = PrivacySettings(hash_ids=["user_id", "anonymous_id"], truncate_ip=True, pii="redact")
+
+
+@pytest.fixture(autouse=True, scope="module", params=PREFILTERS)
+def prefilter_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test of the module with each pre-filter: pure Python, and hyperscan (the
+    backfill[fast] extra, which `make venv` installs); through the environment, so that the
+    `backfill` processes the tests start use it too."""
+    name: str = request.param
+    if name == "hyperscan":
+        pytest.importorskip("hyperscan")
+    old = os.environ.get(PREFILTER_ENV)
+    os.environ[PREFILTER_ENV] = name
+    yield name
+    if old is None:
+        del os.environ[PREFILTER_ENV]
+    else:
+        os.environ[PREFILTER_ENV] = old
 
 
 def expected(value: str, key: str = KEY) -> str:
@@ -366,6 +392,28 @@ def test_the_line_gate_lets_every_string_maybe_pii_would_through(texts: list[str
         if maybe_pii(text):
             assert gate(text), text
     assert candidate_gate(b'{"a":"ana\\u0040example.com"}') is None  # strings are not bytes
+
+
+_LINE_ALPHABET = st.sampled_from([*'0123456789 -.+()@%ab_/\\u"\n', "%20", "%40", "%2B", "\\u00"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_LINE_ALPHABET, max_size=60).map("".join))
+def test_both_prefilters_find_the_same_lines(text: str) -> None:
+    """hyperscan's offsets are a mark's last byte, Python's its first: the same lines."""
+    pytest.importorskip("hyperscan")
+    data = text.encode()
+
+    def lines_of(offsets: list[int]) -> set[int]:
+        return {data.count(b"\n", 0, pos) for pos in offsets}
+
+    assert lines_of(prefilter("hyperscan")(data)) == lines_of(candidate_offsets(data))
+
+
+def test_an_unknown_prefilter_is_a_usage_error() -> None:
+    assert prefilter("python") is candidate_offsets
+    with pytest.raises(UsageError, match=r"BACKFILL_PII_PREFILTER is 'fast': choose one of python"):
+        prefilter("fast")
 
 
 def test_clean_generated_records_are_not_candidates() -> None:

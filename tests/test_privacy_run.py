@@ -15,6 +15,7 @@ from typing import Any
 
 from backfill.server import RunningServer
 from tests.helpers import dead_letters, write_lines
+from tests.test_privacy import prefilter_path  # noqa: F401  (each test, each pre-filter)
 
 KEY = "e2e-hash-key-9f8e7d6c5b4a39281706"
 ALL_ON = """
