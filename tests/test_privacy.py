@@ -45,7 +45,7 @@ from backfill.privacy.detect import (
 )
 from backfill.schema import RecordValidator, Rules
 from backfill.sources import START, Block, LocalFile, Problem, open_blocks
-from benchmarks.privacy import compare, compare_engine, table
+from benchmarks.privacy import compare, compare_engine, compare_run, table
 from tests.helpers import interaction, line
 
 KEY = "test-hash-key-0123456789abcdef"
@@ -586,6 +586,22 @@ def test_the_benchmark_measures_the_step_in_the_reader_and_in_the_engine(tmp_pat
     assert engine["plain"]["records"] == engine["privacy"]["records"] == 3000
     result["engine"] = engine
     assert "with/without privacy" in table(result)
+
+
+def test_the_benchmark_target_is_backfill_run_end_to_end(tmp_path: Path) -> None:
+    """The checked ratio is that of `backfill run` processes sending to the count-only
+    server, the table on or off (compare_run raises unless every record reached the server
+    and the step ran); read + validate stays in the table as information."""
+    generate(GenerateConfig(out=str(tmp_path), records=2000, days=2, pii_rate=0.02, catalog=False))
+    files = sorted(tmp_path.glob("interactions-*.jsonl.gz"))
+    result = compare(files, repeat=1)
+    result["run"] = compare_run(files, tmp_path, repeat=1)
+    assert result["run"]["plain"]["records"] == result["run"]["privacy"]["records"] == 2000
+    assert result["run"]["plain"]["cpu"] > 0 and result["run"]["privacy"]["cpu"] > 0
+    text = table(result)
+    assert "the target, `backfill run` end to end, with/without privacy:" in text
+    assert "read + validate alone (information" in text
+    assert "| backfill run + privacy " in text
 
 
 def test_lines_that_are_not_utf8_or_not_json_do_not_stop_the_step() -> None:
