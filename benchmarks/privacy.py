@@ -1,17 +1,22 @@
-"""What the [privacy] step costs: read + validate with and without it (issue 17, item 4).
+"""What the [privacy] step costs the load (issue 17, item 4).
 
-The same generated logs (1% of lines carry PII) are read with the engine's reader and
-validated with its validator, once plain and once through `PrivacyTransform` with the whole
-table on (hash_ids, truncate_ip, pii = "redact"), wired as the engine wires it: the step
-validates (one decode serves both) and batching's check is the one it returns; both sides
-validate a block with one `map`, as batching does. Runs alternate and the best wall time and
-the best CPU time of each side are kept, so a noisy neighbour on a shared machine hurts both
-alike. The target: the rate with
-privacy stays at least 0.7x of the rate without.
+The target is the issue's: with the whole table on (hash_ids, truncate_ip, pii = "redact"),
+the rate of the load stays at least 0.7x of the same load without it. The load is a
+`backfill run` end to end: the same generated logs (1% of lines carry PII) sent to the
+count-only embedded server (`backfill serve --store null --no-validate`), with a config file
+holding the [privacy] table or not (MISO_HASH_KEY in the environment); each run is its own
+process, reaped with `os.wait4` for its CPU time (`compare_run`).
+
+For information, the reader and validator alone are compared too (`compare`): the engine's
+reader, then `PrivacyTransform` wired as the engine wires it (the step validates, one decode
+serves both, and batching's check is the one it returns) or the plain validator, one `map`
+per block as batching does. That leaves out everything the step does not slow, so its ratio
+is the step's cost at its most visible. Runs alternate and the best wall time and the best
+CPU time of each side are kept, so a noisy neighbour on a shared machine hurts both alike.
 
     python -m benchmarks.privacy [--records 1000000] [--repeat 3] [--quick]
 
-`compare()` returns the numbers for `make bench`.
+`section()` returns the numbers for `make bench`.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from backfill.config import Secret, Settings
 from backfill.engine import Engine
@@ -32,6 +38,7 @@ from backfill.generate import GenerateConfig, generate
 from backfill.privacy import HashKey, PrivacySettings, PrivacyTransform
 from backfill.schema import RecordValidator, Rules
 from backfill.sources import START, BlockTransform, LocalFile, open_blocks
+from benchmarks.harness import BenchError, Server, backfill, child_env, run_measured
 from benchmarks.report import Check, Section
 
 TARGET = 0.7
@@ -133,43 +140,95 @@ def compare_engine(files: list[Path], state: Path, repeat: int = 3) -> dict[str,
     }
 
 
+def _backfill_once(
+    server: Server, files: list[Path], config: Path, scratch: Path, private: bool
+) -> dict[str, Any]:
+    """One `backfill run` as a user runs it (its own process, reaped with `os.wait4`: its
+    wall and CPU time) against the count-only server, with `config`; every valid record
+    must reach the server."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    report_file = scratch / "report.json"
+    server.reset()
+    cmd = backfill(
+        "run", *map(str, files), "--endpoint", server.url, "--config", str(config),
+        "--state-dir", str(scratch / "state"), "--progress", "off", "--report", str(report_file),
+    )  # fmt: skip
+    usage = run_measured(cmd, env=child_env(MISO_HASH_KEY=BENCH_KEY))
+    if usage.exit_code != 0 or not report_file.exists():
+        raise BenchError(f"backfill run exited {usage.exit_code}:\n{usage.stderr[-3000:]}")
+    report: dict[str, Any] = json.loads(report_file.read_text())
+    if private and not report.get("privacy", {}).get("ids_hashed"):
+        raise BenchError("the privacy step was not applied by `backfill run`")
+    received, accepted = server.received(), report["records_accepted"]
+    if received != accepted or not accepted:
+        raise BenchError(f"the server counted {received:,} records, the run {accepted:,}")
+    return {"records": report["records_read"], "wall": usage.wall_s, "cpu": usage.cpu_s}
+
+
+def compare_run(files: list[Path], tmp: Path, repeat: int = 3) -> dict[str, Any]:
+    """`backfill run` end to end (read, privacy, validate, batch, send, checkpoint) against
+    `backfill serve --store null --no-validate`, with a config file holding the whole
+    [privacy] table or none, alternating, best of `repeat` by wall and by CPU time."""
+    configs = {False: tmp / "plain.toml", True: tmp / "privacy.toml"}
+    configs[False].write_text("# the same load, without the table\n")
+    configs[True].write_text(
+        '[privacy]\nhash_ids = ["user_id", "anonymous_id"]\ntruncate_ip = true\npii = "redact"\n'
+    )
+    best: dict[bool, dict[str, Any]] = {}
+    with Server() as server:
+        for _ in range(repeat):
+            for privacy in (False, True):
+                run = _backfill_once(server, files, configs[privacy], tmp / "run", privacy)
+                best[privacy] = _best(best.get(privacy), run)
+    return {
+        "plain": best[False],
+        "privacy": best[True],
+        "ratio_wall": best[False]["wall"] / best[True]["wall"],
+        "ratio_cpu": best[False]["cpu"] / best[True]["cpu"],
+    }
+
+
 def table(result: dict[str, Any]) -> str:
     rows = [
-        "| load                       | records   | wall s | records/s | CPU s | us/record |",
-        "|----------------------------|-----------|--------|-----------|-------|-----------|",
+        "| load                          | records   | wall s | records/s | CPU s | us/record |",
+        "|-------------------------------|-----------|--------|-----------|-------|-----------|",
     ]
-    loads = [("read + validate", "plain"), ("read + privacy + validate", "privacy")]
-    rows_of = [(name, result[key]) for name, key in loads]
-    if "engine" in result:
-        rows_of += [
-            ("engine --dry-run", result["engine"]["plain"]),
-            ("engine --dry-run + privacy", result["engine"]["privacy"]),
-        ]
-    for name, run in rows_of:
+    runs = []
+    if "run" in result:
+        runs += [("backfill run", result["run"]["plain"])]
+        runs += [("backfill run + privacy", result["run"]["privacy"])]
+    runs += [("read + validate", result["plain"]), ("read + privacy + validate", result["privacy"])]
+    if "engine" in result:  # `backfill run --dry-run` in this process (no sending)
+        runs += [("engine --dry-run", result["engine"]["plain"])]
+        runs += [("engine --dry-run + privacy", result["engine"]["privacy"])]
+    for name, run in runs:
         rate = run["records"] / run["wall"]
         per = run["cpu"] / run["records"] * 1e6
         rows.append(
-            f"| {name:<26} | {run['records']:>9,} | {run['wall']:>6.2f} | {rate:>9,.0f} "
+            f"| {name:<29} | {run['records']:>9,} | {run['wall']:>6.2f} | {rate:>9,.0f} "
             f"| {run['cpu']:>5.2f} | {per:>9.2f} |"
         )
-    verdict = "PASS" if result["ratio_wall"] >= TARGET else "FAIL"
     rows.append("")
-    rows.append(
-        f"with/without privacy: {result['ratio_wall']:.2f}x by wall time, "
-        f"{result['ratio_cpu']:.2f}x by CPU time (target >= {TARGET}): {verdict}"
-    )
-    if "engine" in result:
-        engine = result["engine"]
+    if "run" in result:
+        end = result["run"]
+        verdict = "PASS" if end["ratio_wall"] >= TARGET else "FAIL"
         rows.append(
-            f"engine --dry-run with/without privacy: {engine['ratio_wall']:.2f}x by wall time, "
-            f"{engine['ratio_cpu']:.2f}x by CPU time"
+            f"the target, `backfill run` end to end, with/without privacy: {end['ratio_wall']:.2f}x"
+            f" by wall time, {end['ratio_cpu']:.2f}x by CPU time (target >= {TARGET}): {verdict}"
         )
-    rows.append(f"privacy step: {result['privacy']['privacy']}")
+    rows += [
+        f"read + validate alone (information: the step's share of the CPU-bound stages), "
+        f"with/without privacy: {result['ratio_wall']:.2f}x by wall time, "
+        f"{result['ratio_cpu']:.2f}x by CPU time",
+        f"privacy step (read + validate pass): {result['privacy']['privacy']}",
+    ]
     return "\n".join(rows)
 
 
 def measure(records: int, repeat: int) -> dict[str, Any]:
-    """Generates the logs (1% with PII) and compares, in the reader and in the engine."""
+    """Generates the logs (1% with PII) and compares: `backfill run` end to end, and the
+    reader and validator alone."""
     with tempfile.TemporaryDirectory(prefix="bench-privacy-") as tmp:
         config = GenerateConfig(
             out=tmp, records=records, days=30, seed=7, pii_rate=0.01, catalog=False
@@ -177,8 +236,18 @@ def measure(records: int, repeat: int) -> dict[str, Any]:
         generate(config)
         files = sorted(Path(tmp).glob("interactions-*.jsonl.gz"))
         result = compare(files, repeat)
-        result["engine"] = compare_engine(files, Path(tmp) / "state", repeat)
+        result["run"] = compare_run(files, Path(tmp), repeat)
     return result
+
+
+DOC: Final = (
+    "The target is the first pair: the issue asks that the *rate of the load* with the whole "
+    "table on stay at least {target}x of the same load without it, and the load is a "
+    "`backfill run` (read, privacy, validate, batch, send to the count-only embedded server, "
+    "checkpoint), each run its own process, its CPU time from `os.wait4`. Read + validate "
+    "alone is shown for information: it leaves out everything the step does not slow, so its "
+    "ratio is the step's cost at its most visible."
+)
 
 
 def section(quick: bool) -> Section:
@@ -186,13 +255,21 @@ def section(quick: bool) -> Section:
     records, repeat = (200_000, 2) if quick else (1_000_000, 3)
     result = measure(records, repeat)
     markdown = (
-        f"{records:,} generated records (1% with PII), gzip JSON lines, best of {repeat}; "
-        'the whole table on (hash_ids, truncate_ip, pii = "redact").\n\n' + table(result)
+        f"{records:,} generated records (1% with PII), gzip JSON lines, best of {repeat}, "
+        'alternating; the whole table on (hash_ids, truncate_ip, pii = "redact"). '
+        + DOC.format(target=TARGET)
+        + "\n\n"
+        + table(result)
     )
-    ratio = result["ratio_wall"]
-    target = f"privacy on >= {TARGET} x off (read + validate)"
-    check = Check(target, f"{ratio:.2f}", ratio >= TARGET)
-    return Section("privacy", "privacy", markdown, result, [check])
+    ratio = result["run"]["ratio_wall"]
+    checks = [
+        Check(
+            f"privacy on >= {TARGET} x off (backfill run, end to end)",
+            f"{ratio:.2f}",
+            ratio >= TARGET,
+        ),
+    ]
+    return Section("privacy", "privacy", markdown, result, checks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     records, repeat = (200_000, 2) if args.quick else (args.records, args.repeat)
     result = measure(records, repeat)
     print(f"{records:,} generated records (1% with PII), gzip JSON lines, best of {repeat}\n")
+    print(DOC.format(target=TARGET) + "\n")
     print(table(result))
-    return 0 if result["ratio_wall"] >= TARGET else 1
+    return 0 if result["run"]["ratio_wall"] >= TARGET else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import gzip
 import hashlib
 import hmac
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,38 @@ from backfill.privacy import (
     redact_text,
     truncate_ip,
 )
+from backfill.privacy.detect import (
+    _EXACT,
+    PREFILTER_ENV,
+    PREFILTERS,
+    _classify,
+    candidate_gate,
+    prefilter,
+)
 from backfill.schema import RecordValidator, Rules
 from backfill.sources import START, Block, LocalFile, Problem, open_blocks
-from benchmarks.privacy import compare, compare_engine, table
+from benchmarks.privacy import compare, compare_engine, compare_run, table
 from tests.helpers import interaction, line
 
 KEY = "test-hash-key-0123456789abcdef"
 ALL_ON = PrivacySettings(hash_ids=["user_id", "anonymous_id"], truncate_ip=True, pii="redact")
+
+
+@pytest.fixture(autouse=True, scope="module", params=PREFILTERS)
+def prefilter_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test of the module with each pre-filter: pure Python, and hyperscan (the
+    backfill[fast] extra, which `make venv` installs); through the environment, so that the
+    `backfill` processes the tests start use it too."""
+    name: str = request.param
+    if name == "hyperscan":
+        pytest.importorskip("hyperscan")
+    old = os.environ.get(PREFILTER_ENV)
+    os.environ[PREFILTER_ENV] = name
+    yield name
+    if old is None:
+        del os.environ[PREFILTER_ENV]
+    else:
+        os.environ[PREFILTER_ENV] = old
 
 
 def expected(value: str, key: str = KEY) -> str:
@@ -343,6 +370,52 @@ def test_the_per_string_prefilter_lets_every_finding_through(text: str, kinds: l
     assert not maybe_pii("shoes size 42")
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PII_ALPHABET, max_size=40).map("".join))
+def test_each_string_is_searched_with_the_alternatives_that_can_match_it(text: str) -> None:
+    """find_pii and redact_text search with a subset of the patterns, chosen by what the
+    string holds: they find exactly what the whole pattern finds."""
+    whole = [kind for m in _EXACT.finditer(text) if (kind := _classify(m)) is not None]
+    assert find_pii(text) == whole
+    assert redact_text(text)[1] == whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_PII_ALPHABET, max_size=30).map("".join), min_size=1, max_size=4))
+def test_the_line_gate_lets_every_string_maybe_pii_would_through(texts: list[str]) -> None:
+    """A flagged line's strings are gated by the line's own marks instead of maybe_pii:
+    every string maybe_pii lets through (so every finding) must pass the line's gate."""
+    record = {"a": texts[0], "b": {"c": texts[1:], "n": 4155552671}, "k": "2026-06-01T00:01"}
+    gate = candidate_gate(json.dumps(record, ensure_ascii=False).encode())
+    assert gate is not None
+    for text in texts:
+        if maybe_pii(text):
+            assert gate(text), text
+    assert candidate_gate(b'{"a":"ana\\u0040example.com"}') is None  # strings are not bytes
+
+
+_LINE_ALPHABET = st.sampled_from([*'0123456789 -.+()@%ab_/\\u"\n', "%20", "%40", "%2B", "\\u00"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_LINE_ALPHABET, max_size=60).map("".join))
+def test_both_prefilters_find_the_same_lines(text: str) -> None:
+    """hyperscan's offsets are a mark's last byte, Python's its first: the same lines."""
+    pytest.importorskip("hyperscan")
+    data = text.encode()
+
+    def lines_of(offsets: list[int]) -> set[int]:
+        return {data.count(b"\n", 0, pos) for pos in offsets}
+
+    assert lines_of(prefilter("hyperscan")(data)) == lines_of(candidate_offsets(data))
+
+
+def test_an_unknown_prefilter_is_a_usage_error() -> None:
+    assert prefilter("python") is candidate_offsets
+    with pytest.raises(UsageError, match=r"BACKFILL_PII_PREFILTER is 'fast': choose one of python"):
+        prefilter("fast")
+
+
 def test_clean_generated_records_are_not_candidates() -> None:
     lines = [line(interaction(i)) for i in range(500)]
     assert candidate_offsets(b"\n".join(lines)) == []
@@ -513,6 +586,22 @@ def test_the_benchmark_measures_the_step_in_the_reader_and_in_the_engine(tmp_pat
     assert engine["plain"]["records"] == engine["privacy"]["records"] == 3000
     result["engine"] = engine
     assert "with/without privacy" in table(result)
+
+
+def test_the_benchmark_target_is_backfill_run_end_to_end(tmp_path: Path) -> None:
+    """The checked ratio is that of `backfill run` processes sending to the count-only
+    server, the table on or off (compare_run raises unless every record reached the server
+    and the step ran); read + validate stays in the table as information."""
+    generate(GenerateConfig(out=str(tmp_path), records=2000, days=2, pii_rate=0.02, catalog=False))
+    files = sorted(tmp_path.glob("interactions-*.jsonl.gz"))
+    result = compare(files, repeat=1)
+    result["run"] = compare_run(files, tmp_path, repeat=1)
+    assert result["run"]["plain"]["records"] == result["run"]["privacy"]["records"] == 2000
+    assert result["run"]["plain"]["cpu"] > 0 and result["run"]["privacy"]["cpu"] > 0
+    text = table(result)
+    assert "the target, `backfill run` end to end, with/without privacy:" in text
+    assert "read + validate alone (information" in text
+    assert "| backfill run + privacy " in text
 
 
 def test_lines_that_are_not_utf8_or_not_json_do_not_stop_the_step() -> None:

@@ -25,6 +25,7 @@ from backfill.privacy import (
 from backfill.privacy.transform import BLANK, settled
 from backfill.schema import MAX_ANONYMOUS_ID, MAX_ID, OUT_OF_WINDOW, RecordValidator, Rules
 from backfill.sources import Block
+from tests.test_privacy import prefilter_path  # noqa: F401  (each test, each pre-filter)
 
 KEY = "fast-path-key-0123456789abcdef"
 ALL_ON = PrivacySettings(hash_ids=["user_id", "anonymous_id"], truncate_ip=True, pii="redact")

@@ -13,8 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from backfill.server import RunningServer
 from tests.helpers import dead_letters, write_lines
+from tests.test_privacy import prefilter_path  # noqa: F401  (each test, each pre-filter)
 
 KEY = "e2e-hash-key-9f8e7d6c5b4a39281706"
 ALL_ON = """
@@ -273,6 +276,21 @@ async def test_a_missing_hash_key_stores_nothing_and_exits_2(
     assert server.records("interactions") == []
     stats = await server.stats()
     assert stats["requests"]["total"] == 0 and stats["records_received"] == 0
+
+
+async def test_an_unknown_pii_prefilter_stores_nothing_and_exits_2(
+    tmp_path: Path, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BACKFILL_PII_PREFILTER", "fastest")
+    path = jsonl(tmp_path / "e.jsonl", events())
+    code, _, err = await cli(
+        server, "run", str(path), "--config", str(config(tmp_path)),
+        "--state-dir", str(tmp_path / "state"), "--progress", "off",
+    )  # fmt: skip
+    assert code == 2, err
+    assert "$BACKFILL_PII_PREFILTER is 'fastest': choose one of python, hyperscan" in err
+    assert "Traceback" not in err
+    assert (await server.stats())["records_received"] == 0
 
 
 async def test_the_hash_key_appears_in_no_file_and_no_output(

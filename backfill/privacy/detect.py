@@ -6,9 +6,14 @@ bytes and must find every line an exact pattern would (a test checks the superse
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import os
 import re
+from collections.abc import Callable
 from typing import Any, Final
+
+from backfill.errors import UsageError
 
 PLACEHOLDER: Final = {"email": "[email]", "phone": "[phone]", "card": "[card]"}
 
@@ -58,13 +63,36 @@ _NATIONAL = rf"0(?:\d{{2,4}}{_SEP}\d{{6,8}}|\d{{1,4}}{_SEP}\d{{3,4}}{_SEP}\d{{4}
 # A number glued to letters, a path or a decimal point is an id, a SKU or a price.
 _START = r"(?:(?<=%20)|(?<=%3[ADad])|(?<![A-Za-z0-9_./\-%]))"
 _END = r"(?![A-Za-z0-9_]|[\-./]\d)"
-_EXACT: Final = re.compile(
-    rf"(?P<email>(?<![A-Za-z0-9._%+\-]){_EMAIL}(?![A-Za-z0-9\-]))"
-    rf"|(?P<plus>(?<![A-Za-z0-9_]){_PLUS}{_END})"
-    rf"|(?P<card>{_START}{_CARD}{_END})"
-    rf"|(?P<phone>{_START}(?:{_NANP}|{_NATIONAL}){_END})",
-    re.ASCII,
+_KINDS: Final = (
+    ("email", rf"(?P<email>(?<![A-Za-z0-9._%+\-]){_EMAIL}(?![A-Za-z0-9\-]))"),
+    ("plus", rf"(?P<plus>(?<![A-Za-z0-9_]){_PLUS}{_END})"),
+    ("card", rf"(?P<card>{_START}{_CARD}{_END})"),
+    ("phone", rf"(?P<phone>{_START}(?:{_NANP}|{_NATIONAL}){_END})"),
 )
+
+
+@functools.cache  # compiled when first needed: compiling all of them costs each process 10 ms
+def _alternatives(email: bool, plus: bool, digits: bool) -> re.Pattern[str]:
+    on = {"email": email, "plus": plus, "card": digits, "phone": digits}
+    return re.compile("|".join(p for kind, p in _KINDS if on[kind]), re.ASCII)
+
+
+_EXACT: Final = _alternatives(True, True, True)
+# Python's re tries every alternative at every position (some 2 us per pattern for a short
+# string): a string is searched only with the alternatives it can match, which give the same
+# matches (an alternative that matches nowhere never wins). An email holds `@` or `%40`; a
+# `plus` phone `+` or `%2B`; a card or another phone three digits in a row.
+_THREE_DIGITS: Final = re.compile(r"[0-9]{3}")
+
+
+def _exact_for(text: str) -> re.Pattern[str] | None:
+    """The alternatives of _EXACT that can match in `text`; None when none can."""
+    email = "@" in text or "%40" in text
+    plus = "+" in text or "%2B" in text or "%2b" in text
+    digits = _THREE_DIGITS.search(text) is not None
+    return _alternatives(email, plus, digits) if email or plus or digits else None
+
+
 # The pre-filter works on a skeleton of the bytes: digits become 0 and the separators 1 (the
 # `%` of %20 too, so "555%202671" reads 000100000). Every exact match above holds `@`, `%40`,
 # `%2B`, a `\u00..` escape, `+digit`, 13 digits in a row, or 3 digits, a separator and 4
@@ -81,6 +109,7 @@ _SKELETON_MARKS: Final = (b"0" * 13, b"000\x010000")
 _ESCAPED: Final = re.compile(rb"\\u00")  # a literal first byte: the regex scans at memchr speed
 _PERCENT: Final = (b"40", b"2B", b"2b")  # %40 is @, %2B is +
 _DIGITS: Final = frozenset(b"0123456789")
+_DIGIT: Final = frozenset(bytes([d]) for d in b"0123456789")
 
 
 def candidate_offsets(data: bytes) -> list[int]:
@@ -96,6 +125,84 @@ def candidate_offsets(data: bytes) -> list[int]:
     ]
     skeleton = data.translate(_SKELETON)
     return hits + [pos for mark in _SKELETON_MARKS for pos in _all(skeleton, mark)]
+
+
+# The same marks as regexes, for the compiled pre-filter (`backfill[fast]`: hyperscan): one
+# pass over the block finds them all, in place of a translate and a search per mark.
+_MARK_PATTERNS: Final = (
+    rb"@",
+    rb"\\u00",
+    rb"%40",
+    rb"%2[Bb]",
+    rb"\+[0-9]",
+    rb"[0-9]{13}",
+    rb"[0-9]{3}[ \-.%+][0-9]{4}",
+)
+PREFILTERS: Final = ("python", "hyperscan")
+PREFILTER_ENV: Final = "BACKFILL_PII_PREFILTER"
+
+
+def prefilter(name: str | None = None) -> Callable[[bytes], list[int]]:
+    """The pre-filter `name` ("python": `candidate_offsets`, or "hyperscan"); by default the
+    one $BACKFILL_PII_PREFILTER names, else hyperscan when it is installed and runs on this
+    CPU, else Python. Both find the same lines (the hyperscan offsets are a match's last
+    byte, `candidate_offsets`'s its first: in the same line)."""
+    name = name or os.environ.get(PREFILTER_ENV) or ""
+    if name == "python":
+        return candidate_offsets
+    if name not in ("", "hyperscan"):
+        raise UsageError(f"${PREFILTER_ENV} is {name!r}: choose one of {', '.join(PREFILTERS)}")
+    try:
+        return _compiled()
+    except (ImportError, RuntimeError) as exc:  # not installed, or a CPU it cannot run on
+        if name:  # asked for by name: say why it is not there
+            raise UsageError(
+                f"${PREFILTER_ENV} is hyperscan but it cannot run here ({exc}): install "
+                "backfill[fast] on an x86-64 CPU, or unset it"
+            ) from None
+        return candidate_offsets
+
+
+def _compiled() -> Callable[[bytes], list[int]]:
+    """The marks compiled into one hyperscan database (its own, with its scratch: one per
+    step, so two steps in two threads never share a scratch)."""
+    import hyperscan  # an optional extra (backfill[fast])
+
+    count = len(_MARK_PATTERNS)
+    try:
+        database = hyperscan.Database()
+        database.compile(expressions=list(_MARK_PATTERNS), ids=list(range(count)), elements=count)
+    except hyperscan.error as exc:  # e.g. a CPU without SSSE3
+        raise RuntimeError(f"hyperscan: {exc}") from None
+
+    def offsets(data: bytes) -> list[int]:
+        found: list[int] = []
+        database.scan(data, match_event_handler=lambda _i, _s, end, _f, _c: found.append(end - 1))
+        return found
+
+    return offsets
+
+
+def candidate_gate(line: bytes) -> Callable[[str], bool] | None:
+    """For `scrub`, a faster `maybe_pii` for the strings of one line: whether the string
+    holds one of the line's marks (each mark the bytes pre-filter finds, as text). None for
+    a line with a backslash, whose strings are not their bytes.
+
+    A string `maybe_pii` lets through holds a mark; marks never span a `"` (it is no byte of
+    any), so that mark lies inside the string's bytes in the line, where the pre-filter found
+    it or one overlapping it (in the same string). The exact patterns still decide: the gate
+    only has to let through every string `maybe_pii` would (it costs a substring test or
+    two, not a regex, an encode and a translate per string)."""
+    if b"\\" in line:
+        return None
+    found = [b"@"] if b"@" in line else []
+    found += [line[p : p + 3] for p in _all(line, b"%") if line[p + 1 : p + 3] in _PERCENT]
+    found += [line[p : p + 2] for p in _all(line, b"+") if line[p + 1 : p + 2] in _DIGIT]
+    skeleton = line.translate(_SKELETON)
+    for mark in _SKELETON_MARKS:
+        found += [line[pos : pos + len(mark)] for pos in _all(skeleton, mark)]
+    marks = {mark.decode() for mark in found}  # ASCII: `@`, `%`, `+`, digits, separators
+    return lambda text: any(mark in text for mark in marks)
 
 
 def maybe_pii(text: str) -> bool:
@@ -153,7 +260,10 @@ def _classify(found: re.Match[str]) -> str | None:
 
 def find_pii(text: str) -> list[str]:
     """The kinds of PII in a string, one entry per occurrence."""
-    kinds = (_classify(m) for m in _EXACT.finditer(text))
+    exact = _exact_for(text)
+    if exact is None:
+        return []
+    kinds = (_classify(m) for m in exact.finditer(text))
     return [k for k in kinds if k is not None]
 
 
@@ -168,32 +278,39 @@ def redact_text(text: str) -> tuple[str, list[str]]:
         kinds.append(kind)
         return PLACEHOLDER[kind]
 
-    return _EXACT.sub(replace, text), kinds
+    exact = _exact_for(text)
+    return (text, kinds) if exact is None else (exact.sub(replace, text), kinds)
 
 
-def scrub(value: Any, path: str, found: list[tuple[str, str]], redact: bool) -> Any:
+def scrub(
+    value: Any,
+    path: str,
+    found: list[tuple[str, str]],
+    redact: bool,
+    gate: Callable[[str], bool] = maybe_pii,
+) -> Any:
     """The decoded value with PII replaced (when `redact`); findings appended as (kind, path).
 
     Only string values are scanned: keys and numbers are left as they are. A string the
-    pre-filter clears is kept without building its path (most of a flagged record).
+    pre-filter (`gate`) clears is kept without building its path (most of a flagged record).
     """
     shape = type(value)
     if shape is str:
-        return _scrub_text(value, path, found, redact) if maybe_pii(value) else value
+        return _scrub_text(value, path, found, redact) if gate(value) else value
     if shape is dict:
         prefix = f"{path}." if path else ""
         clean = {}
         for key, item in value.items():
             shape = type(item)
             if shape is str:
-                if maybe_pii(item):
+                if gate(item):
                     item = _scrub_text(item, f"{prefix}{key}", found, redact)
             elif shape is dict or shape is list:
-                item = scrub(item, f"{prefix}{key}", found, redact)
+                item = scrub(item, f"{prefix}{key}", found, redact, gate)
             clean[key] = item
         return clean
     if shape is list:
-        return [scrub(v, f"{path}[]", found, redact) for v in value]
+        return [scrub(v, f"{path}[]", found, redact, gate) for v in value]
     return value
 
 

@@ -15,7 +15,15 @@ import msgspec
 from msgspec import UNSET
 
 from backfill.errors import UsageError
-from backfill.privacy.detect import candidate_offsets, redact_text, scrub, truncate_ip
+from backfill.privacy.detect import (
+    candidate_gate,
+    candidate_offsets,
+    maybe_pii,
+    prefilter,
+    redact_text,
+    scrub,
+    truncate_ip,
+)
 from backfill.privacy.rewrite import (
     IdFields,
     KeyRewriter,
@@ -138,6 +146,8 @@ class PrivacyTransform:
         self._hash_anonymous = "anonymous_id" in fields and upload
         self._settings = settings
         self._validator: RecordValidator | None = None
+        # `candidate_offsets`, or the same marks compiled (backfill[fast]); its own database
+        self._offsets = prefilter() if self.pii != "off" else candidate_offsets
 
     def fingerprint(self) -> str:
         """The table and the key, for the checkpoint's settings: a resumed load with another
@@ -436,12 +446,11 @@ class PrivacyTransform:
 
     # -- PII ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _candidates(joined: bytes, lines: list[bytes]) -> list[int]:
+    def _candidates(self, joined: bytes, lines: list[bytes]) -> list[int]:
         """Slots of the lines where the bytes pre-filter matches (a superset of PII); the
         offsets in `joined` (the lines and a newline each) found by bisection of the lines'
         starting offsets, taken in C (counting newlines cost a pass over the block)."""
-        offsets = candidate_offsets(joined)
+        offsets = self._offsets(joined)
         if not offsets:
             return []
         starts = list(map(add, accumulate(map(len, lines), initial=0), range(len(lines) + 1)))
@@ -451,8 +460,9 @@ class PrivacyTransform:
         raw = block.lines[slot]
         redact = self.pii != "warn"
         found: list[tuple[str, str]] = []
+        gate = candidate_gate(raw) or maybe_pii  # the line's marks, when its strings are bytes
         try:
-            clean = scrub(_decode(raw), "", found, redact)
+            clean = scrub(_decode(raw), "", found, redact, gate)
         except (msgspec.DecodeError, UnicodeDecodeError):  # a dead letter to be: keep PII out
             text, kinds = redact_text(raw.decode("utf-8", "surrogateescape"))
             found = [(kind, "(malformed line)") for kind in kinds]
@@ -488,7 +498,7 @@ class PrivacyTransform:
                 continue
             for rewriter in self._ids:  # not counted: these lines are never sent
                 raw = rewriter(raw)[0]
-            if self.pii in ("redact", "dead-letter") and candidate_offsets(raw):
+            if self.pii in ("redact", "dead-letter") and self._offsets(raw):
                 text, _ = redact_text(raw.decode("utf-8", "surrogateescape"))
                 raw = text.encode("utf-8", "surrogateescape")
             if raw is not problem.raw:
