@@ -43,7 +43,7 @@ import msgspec
 from backfill.batching import Batch, BatchBuilder, Plan
 from backfill.checkpoint import Checkpoint, FileState
 from backfill.config import Settings
-from backfill.errors import InputUnreadable, UsageError
+from backfill.errors import InputChanged, InputUnreadable, UsageError
 from backfill.progress import plural
 from backfill.shards import owned_by
 from backfill.sources import (
@@ -91,6 +91,34 @@ def grown(source: Source, size: int) -> tuple[str, str]:
     if not isinstance(source, LocalFile):
         raise OSError(f"{source.name} is not a local file")
     return prefix_hashes(source.path, size)
+
+
+def check_resume_points(files: list[FileState]) -> None:
+    """A followed file is let through as "only grown" by the hashes of the bytes the
+    checkpoint knew when it registered the file, which may be far fewer than it went on to
+    acknowledge (a file empty at the start of the leg is let through whatever it holds now).
+    So the resume point must still end a line: a file replaced or rewritten while the
+    follower was down almost never has a newline just there, and resuming in it would skip
+    its first records and cut one in two. Raises InputChanged (exit 2) as a change does."""
+    for f in files:
+        if f.done or f.start_offset <= 0 or not isinstance(f.source, LocalFile):
+            continue
+        try:
+            with open(f.source.path, "rb") as fh:
+                if fh.read(len(GZIP_MAGIC)) == GZIP_MAGIC:  # read whole, offsets inflated
+                    continue
+                fh.seek(f.start_offset - 1)
+                boundary = fh.read(1) == b"\n"
+        except OSError:
+            continue  # the reader names an unreadable file
+        if not boundary:
+            raise InputChanged(
+                f"input file {f.source.name} changed since the checkpoint was written: its "
+                f"line {f.start_line + 1}, where this load resumes (byte {f.start_offset}), "
+                "no longer starts there, so the file was replaced or rewritten, not appended "
+                "to; resuming could skip or repeat records. Restore the file, use --restart, "
+                "or --force to resume anyway"
+            )
 
 
 class _Stamp(msgspec.Struct):

@@ -86,6 +86,18 @@ class Follow:
         await self.until(lambda: expected <= set(self.stored()), f"waiting for {len(expected)}")
 
 
+def _checkpoint(state: Path, query: str) -> Any:
+    """One value from the checkpoint as it is now (None while it cannot be read yet)."""
+    try:
+        db = sqlite3.connect(f"file:{state / 'checkpoint.sqlite'}?mode=ro", uri=True)
+        try:
+            return db.execute(query).fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+
+
 async def write(tmp: Path, steps: list[dict[str, Any]]) -> None:
     """Runs the writer process (tests/follow_writer.py) to its end."""
     plan = tmp / f"plan-{random.randrange(1 << 30)}.json"
@@ -311,6 +323,40 @@ async def test_a_file_truncated_or_replaced_under_the_follower_is_reported(
     assert run.proc is not None
     assert await asyncio.wait_for(run.proc.wait(), 60) == 2
     assert str(target) in run.output() and "changed since the checkpoint" in run.output()
+
+
+@pytest.mark.parametrize("first_lines", [0, 1])
+async def test_a_file_replaced_while_the_follower_was_down_is_refused(
+    tmp_path: Path, server: RunningServer, first_lines: int
+) -> None:
+    """The file was empty (or one line) when the leg registered it, then grew to 100 lines,
+    all acknowledged, and was replaced by another while the follower was down: the hashes
+    of the bytes known at registration still match, but the resume point is no longer the
+    start of a line. Resuming would skip the new file's first 99 records and dead-letter a
+    fragment; the next leg refuses it instead (exit 2), as a backfill does."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    target = logs / "app.jsonl"
+    write_lines(target, [line(interaction(0))] if first_lines else [])
+    run = Follow(tmp_path, server, [str(logs)])
+    await run.start()
+    await run.until(lambda: _checkpoint(run.state, "SELECT count(*) FROM files") == 1, "registered")
+    await run.has(set(range(first_lines)))
+    await write(tmp_path, [{"path": str(target), "first": first_lines, "count": 100 - first_lines}])
+    acked = "SELECT max(end_line) FROM batches WHERE state = 'acked'"
+    await run.until(lambda: _checkpoint(run.state, acked) == 100, "100 lines acknowledged")
+    assert run.proc is not None
+    run.proc.kill()
+    assert await run.proc.wait() == -signal.SIGKILL
+    replacement = [line(interaction(0))] if first_lines else []
+    replacement += [line(interaction(n)) for n in range(1000, 1300)]
+    write_lines(logs / "app.tmp", replacement)
+    os.replace(logs / "app.tmp", target)
+    await run.start()
+    assert await asyncio.wait_for(run.proc.wait(), 60) == 2
+    assert str(target) in run.output() and "changed since the checkpoint" in run.output()
+    assert sorted(run.stored()) == list(range(100))
+    assert dead_letters(run.state / "dead-letter.jsonl") == []
 
 
 async def test_restart_resumes_a_grown_file_and_checkpoint_ranges_are_merged(

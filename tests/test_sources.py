@@ -6,6 +6,7 @@ import bisect
 import contextlib
 import gzip
 import json
+import struct
 import subprocess
 import sys
 import time
@@ -64,6 +65,43 @@ def test_gzip_members_split_anywhere_across_reads(cut: int) -> None:
         inflater = _Inflater(True)
         out = b"".join(inflate(inflater, blob[:at]) + inflate(inflater, blob[at:]))
         assert out == a + b and inflater.finish() is None
+
+
+def _member(payload: bytes, flags: int) -> bytes:
+    """One gzip member with the optional header fields of `flags` (RFC 1952), as gzip
+    writers other than Python's produce them (a name, a comment, extra fields, a CRC)."""
+    head = b"\x1f\x8b\x08" + bytes([flags]) + b"\0\0\0\0\0\xff"
+    head += struct.pack("<H", 5) + b"hello" if flags & 4 else b""
+    head += b"name.jsonl\0" if flags & 8 else b""
+    head += b"a comment\0" if flags & 16 else b""
+    head += struct.pack("<H", zlib.crc32(head) & 0xFFFF) if flags & 2 else b""
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = deflate.compress(payload) + deflate.flush()
+    return head + body + struct.pack("<II", zlib.crc32(payload), len(payload))
+
+
+@pytest.mark.parametrize("flags", [2, 4, 8, 16, 10, 12, 20, 24, 30])
+def test_a_member_header_split_anywhere_across_reads_is_read_whole(flags: int) -> None:
+    """ISA-L's inflate fails on a header with FHCRC, or two of FEXTRA/FNAME/FCOMMENT, that
+    arrives in two calls (zlib's does not): every record after it was lost, and the run
+    exited 0 with a warning. Cut the second member's header at every byte, and the first's."""
+    a, b = b'{"a":1}\n' * 1000, b'{"b":2}\n' * 1000
+    first, second = _member(a, 0), _member(b, flags)
+    blob = first + second
+    header = len(second) - len(zlib.compress(b)) + 40  # past the end of any header
+    for at in [*range(1, header), *range(len(first), len(first) + header)]:
+        inflater = _Inflater(True)
+        out = b"".join(inflate(inflater, blob[:at]) + inflate(inflater, blob[at:]))
+        assert (out == a + b, inflater.finish()) == (True, None), (flags, at)
+
+
+def test_a_stream_ending_inside_a_member_header_is_truncated() -> None:
+    blob = _member(b"x\n" * 100, 0) + _member(b"y\n", 24)[:15]
+    inflater = _Inflater(True)
+    assert b"".join(inflate(inflater, blob)) == b"x\n" * 100
+    assert inflater.finish() == (
+        "truncated gzip stream: the file ends in the middle of a compressed member"
+    )
 
 
 def test_gzip_trailers_padding_junk_and_truncation() -> None:

@@ -18,7 +18,7 @@ from backfill.deadletter import entries_in
 from backfill.engine.pipeline import Pipeline
 from backfill.engine.report import Report
 from backfill.errors import BackfillError, StateUnwritable, UsageError
-from backfill.follow import follow_sources, grown
+from backfill.follow import check_resume_points, follow_sources, grown
 from backfill.progress import plural
 from backfill.schema import KINDS
 from backfill.shards import owned_by
@@ -105,6 +105,8 @@ class Engine(Pipeline, Report):
             stopped if self.settings.ambiguous == "resend" else [a for a in stopped if not a.sent]
         )
         await cp.plan_files(files, reread)
+        if appended and not self.settings.force:
+            await asyncio.to_thread(check_resume_points, files)
         self._announce_resume(files, ambiguous)
         suppress = self._suppressed(files) if reread or cp.previous_leg_crashed else set()
         self._dlq.open(suppress)

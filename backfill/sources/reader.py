@@ -39,6 +39,32 @@ INFLATE_PIECE = 1 << 20  # bounds memory (gzip bombs) and the event loop's time 
 INFLATE_AHEAD = 8  # pieces inflated per hop to the worker thread: at most 2 x 8 MiB held
 
 
+HEADER_MOST = 1 << 20  # a member header held back whole (FEXTRA, FNAME, FCOMMENT) at most
+FHCRC, FEXTRA, FNAME, FCOMMENT = 2, 4, 8, 16
+
+
+def gzip_header_size(data: bytes) -> int | None:
+    """The length of the gzip member header at the start of `data` (RFC 1952), or None while
+    `data` holds only part of it. ISA-L's inflate, unlike zlib's, fails on a header that
+    arrives split across two calls when it has FHCRC or two of FEXTRA, FNAME, FCOMMENT, so a
+    member's header is handed over whole."""
+    if len(data) < 10:
+        return None
+    flags, at = data[3], 10
+    if flags & FEXTRA:
+        if len(data) < at + 2:
+            return None
+        at += 2 + int.from_bytes(data[at : at + 2], "little")
+    for flag in (FNAME, FCOMMENT):
+        if flags & flag and at <= len(data):
+            end = data.find(b"\0", at)
+            if end < 0:
+                return None
+            at = end + 1
+    at += 2 if flags & FHCRC else 0
+    return at if at <= len(data) else None
+
+
 def gzip_decompressor() -> Any:
     """A decompressor of one gzip member, from the inflater the engine uses (INFLATER)."""
     return _zlib.decompressobj(wbits=31)
@@ -59,10 +85,11 @@ class _Inflater:
         self._fed = False
         self._input = b""
         self._full = False  # the last piece hit the limit: zlib may hold more output
+        self._held = b""  # the start of a member whose header is not whole yet
         self.broken: str | None = None
 
     def feed(self, data: bytes) -> None:
-        self._input = data
+        self._input, self._held = self._held + data, b""
 
     def pull(self, most: int = INFLATE_AHEAD) -> list[bytes]:
         """Up to `most` pieces: several per call, as a worker thread's hop costs more than
@@ -78,6 +105,8 @@ class _Inflater:
             return data or None
         try:
             while not self.broken and (self._input or self._full):
+                if not self._fed and self._header_split():
+                    return None
                 self._fed = self._fed or bool(self._input)
                 piece = self._d.decompress(self._input, INFLATE_PIECE)
                 self._input, self._full = self._d.unconsumed_tail, len(piece) == INFLATE_PIECE
@@ -88,6 +117,16 @@ class _Inflater:
         except _ERRORS as exc:
             self.broken = f"corrupt gzip data ({exc}); the rest of the file cannot be read"
         return None
+
+    def _header_split(self) -> bool:
+        """A member starts with only part of its header: held back for the next chunk."""
+        data = self._input
+        if len(data) >= HEADER_MOST or not data.startswith(GZIP_MAGIC[: len(data)]):
+            return False  # not a header to wait for: the inflater says what is wrong
+        if gzip_header_size(data) is not None:
+            return False
+        self._held, self._input = data, b""
+        return True
 
     def _next_member(self, rest: bytes) -> None:
         self._d, self._fed, self._full = gzip_decompressor(), False, False
@@ -101,7 +140,7 @@ class _Inflater:
         """Why the stream ended badly, or None."""
         if self.broken:
             return self.broken
-        if self.gzipped and self._fed and not self._d.eof:
+        if self.gzipped and (self._held or (self._fed and not self._d.eof)):
             return "truncated gzip stream: the file ends in the middle of a compressed member"
         return None
 
