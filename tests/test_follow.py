@@ -353,7 +353,12 @@ async def test_a_file_replaced_while_the_follower_was_down_is_refused(
     write_lines(logs / "app.tmp", replacement)
     os.replace(logs / "app.tmp", target)
     await run.start()
-    assert await asyncio.wait_for(run.proc.wait(), 60) == 2
+    try:
+        assert await asyncio.wait_for(run.proc.wait(), 60) == 2
+    finally:
+        if run.proc.returncode is None:  # it followed the replacement: stop it
+            run.proc.kill()
+            await run.proc.wait()
     assert str(target) in run.output() and "changed since the checkpoint" in run.output()
     assert sorted(run.stored()) == list(range(100))
     assert dead_letters(run.state / "dead-letter.jsonl") == []
