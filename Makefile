@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv test lint chaos demo bench bench-quick clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py backfill/privacy/_splice.c
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or PYTHON=python3 make ...)"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -19,8 +19,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check backfill tests benchmarks
-	$(VENV)/bin/ruff format --check backfill tests benchmarks
+	$(VENV)/bin/ruff check backfill tests benchmarks setup.py
+	$(VENV)/bin/ruff format --check backfill tests benchmarks setup.py
 	$(VENV)/bin/mypy
 
 chaos: $(STAMP)

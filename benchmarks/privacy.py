@@ -36,6 +36,7 @@ from backfill.config import Secret, Settings
 from backfill.engine import Engine
 from backfill.generate import GenerateConfig, generate
 from backfill.privacy import HashKey, PrivacySettings, PrivacyTransform
+from backfill.privacy.rewrite import REWRITE_ENV, compiled_rewrite
 from backfill.schema import RecordValidator, Rules
 from backfill.sources import START, BlockTransform, LocalFile, open_blocks
 from benchmarks.harness import BenchError, Server, backfill, child_env, run_measured
@@ -46,10 +47,26 @@ SETTINGS = PrivacySettings(hash_ids=["user_id", "anonymous_id"], truncate_ip=Tru
 BENCH_KEY = "benchmark-only-key-0123456789abcdef"
 
 
-async def _load(files: list[Path], privacy: bool) -> tuple[int, int, dict[str, Any]]:
+def _step(path: str | None) -> PrivacyTransform:
+    """The step on `path` ("python": $BACKFILL_ID_REWRITE=python), else the default one."""
+    old = os.environ.get(REWRITE_ENV)
+    if path is not None:
+        os.environ[REWRITE_ENV] = path
+    try:
+        return PrivacyTransform(SETTINGS, HashKey(BENCH_KEY), "interactions")
+    finally:
+        if old is None:
+            os.environ.pop(REWRITE_ENV, None)
+        else:
+            os.environ[REWRITE_ENV] = old
+
+
+async def _load(
+    files: list[Path], privacy: bool, path: str | None = None
+) -> tuple[int, int, dict[str, Any]]:
     """(records read, records valid, privacy counts) for one pass over the files."""
     validator = RecordValidator("interactions", Rules())
-    step = PrivacyTransform(SETTINGS, HashKey(BENCH_KEY), "interactions") if privacy else None
+    step = _step(path) if privacy else None
     # as the engine wires it: the step validates (one decode for both), batching checks
     # what is left
     check = step.validate_with(validator) if step is not None else validator.check
@@ -65,9 +82,9 @@ async def _load(files: list[Path], privacy: bool) -> tuple[int, int, dict[str, A
     return records, valid, step.counts.report() if step else {}
 
 
-def _timed(files: list[Path], privacy: bool) -> dict[str, Any]:
+def _timed(files: list[Path], privacy: bool, path: str | None = None) -> dict[str, Any]:
     wall, cpu = time.perf_counter(), time.process_time()
-    records, valid, counts = asyncio.run(_load(files, privacy))
+    records, valid, counts = asyncio.run(_load(files, privacy, path))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"records": records, "valid": valid, "wall": wall, "cpu": cpu, "privacy": counts}
 
@@ -83,18 +100,26 @@ def _best(best: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
 
 def compare(files: list[Path], repeat: int = 3) -> dict[str, Any]:
     """Best-of-`repeat` rates (records/s, by wall and by CPU time) without and with privacy."""
-    best: dict[bool, dict[str, Any]] = {}
+    best: dict[str, dict[str, Any]] = {}
+    compiled = compiled_rewrite() is not None
+    kinds = ("plain", "privacy", "python") if compiled else ("plain", "privacy")
     for _ in range(repeat):
-        for privacy in (False, True):
-            best[privacy] = _best(best.get(privacy), _timed(files, privacy))
-    plain, private = best[False], best[True]
-    return {
+        for kind in kinds:
+            run = _timed(files, kind != "plain", "python" if kind == "python" else None)
+            best[kind] = _best(best.get(kind), run)
+    plain, private = best["plain"], best["privacy"]
+    result = {
         "records": plain["records"],
+        "path": "compiled" if compiled else "python",
         "plain": plain,
         "privacy": private,
         "ratio_wall": plain["wall"] / private["wall"],
         "ratio_cpu": plain["cpu"] / private["cpu"],
     }
+    if compiled:  # the Python path, for comparison (an install without a C compiler)
+        result["python"] = best["python"]
+        result["python_ratio_cpu"] = plain["cpu"] / best["python"]["cpu"]
+    return result
 
 
 async def _engine_once(files: list[Path], state: Path, privacy: bool) -> dict[str, Any]:
@@ -199,6 +224,8 @@ def table(result: dict[str, Any]) -> str:
         runs += [("backfill run", result["run"]["plain"])]
         runs += [("backfill run + privacy", result["run"]["privacy"])]
     runs += [("read + validate", result["plain"]), ("read + privacy + validate", result["privacy"])]
+    if "python" in result:
+        runs += [("  the same, Python path", result["python"])]
     if "engine" in result:  # `backfill run --dry-run` in this process (no sending)
         runs += [("engine --dry-run", result["engine"]["plain"])]
         runs += [("engine --dry-run + privacy", result["engine"]["privacy"])]
@@ -210,6 +237,11 @@ def table(result: dict[str, Any]) -> str:
             f"| {run['cpu']:>5.2f} | {per:>9.2f} |"
         )
     rows.append("")
+    if "python_ratio_cpu" in result:
+        rows.append(
+            f"read + validate with/without privacy on the Python path (information: an "
+            f"install without a C compiler): {result['python_ratio_cpu']:.2f}x by CPU time"
+        )
     if "run" in result:
         end = result["run"]
         verdict = "PASS" if end["ratio_wall"] >= TARGET else "FAIL"
@@ -221,6 +253,8 @@ def table(result: dict[str, Any]) -> str:
         f"read + validate alone (information: the step's share of the CPU-bound stages), "
         f"with/without privacy: {result['ratio_wall']:.2f}x by wall time, "
         f"{result['ratio_cpu']:.2f}x by CPU time",
+        f"id rewrite and PII pre-filter: {result.get('path', 'python')} (the C pass, "
+        "backfill/privacy/_splice.c, when it was built; Python otherwise)",
         f"privacy step (read + validate pass): {result['privacy']['privacy']}",
     ]
     return "\n".join(rows)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from operator import ne
 from typing import Final
 
 import msgspec
+
+from backfill.errors import UsageError
 
 CACHE_SIZE: Final = 1 << 16  # rewritten values remembered (a user's events come in runs)
 
@@ -145,3 +148,40 @@ def escaped(line: bytes) -> bool:
 
 class Unusual(Exception):
     """A pair the bytes cannot be trusted to locate (see `splice`): decode and encode."""
+
+
+REWRITE_ENV: Final = "BACKFILL_ID_REWRITE"
+REWRITES: Final = ("python", "compiled")
+# (lines, targets, nested, limit, marks) -> (changed per target, indices left to Python,
+# indices holding a PII mark): see _splice.c
+Compiled = Callable[
+    [
+        list[bytes],
+        tuple[tuple[bytes, dict[bytes, bytes], Callable[[bytes], bytes]], ...],
+        tuple[bytes, bytes, dict[bytes, bytes], Callable[[bytes], bytes]] | None,
+        int,
+        bool,
+    ],
+    tuple[list[int], list[int], list[int]],
+]
+
+
+def compiled_rewrite(name: str | None = None) -> Compiled | None:
+    """The compiled id and IP rewrite and PII pre-filter (`_splice.rewrite`, built from C at
+    install when a compiler is there), or None for the Python ones: $BACKFILL_ID_REWRITE
+    names one ("python" or "compiled"), else the compiled one when it was built."""
+    name = name or os.environ.get(REWRITE_ENV) or ""
+    if name == "python":
+        return None
+    if name not in ("", "compiled"):
+        raise UsageError(f"${REWRITE_ENV} is {name!r}: choose one of {', '.join(REWRITES)}")
+    try:
+        from backfill.privacy import _splice
+    except ImportError as exc:
+        if name:  # asked for by name: say why it is not there
+            raise UsageError(
+                f"${REWRITE_ENV} is compiled but the extension was not built ({exc}): "
+                "reinstall with a C compiler present, or unset it"
+            ) from None
+        return None
+    return _splice.rewrite

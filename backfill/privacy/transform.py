@@ -25,10 +25,13 @@ from backfill.privacy.detect import (
     truncate_ip,
 )
 from backfill.privacy.rewrite import (
+    CACHE_SIZE,
+    Compiled,
     IdFields,
     KeyRewriter,
     Swaps,
     Unusual,
+    compiled_rewrite,
     escaped,
     splice,
 )
@@ -148,6 +151,23 @@ class PrivacyTransform:
         self._validator: RecordValidator | None = None
         # `candidate_offsets`, or the same marks compiled (backfill[fast]); its own database
         self._offsets = prefilter() if self.pii != "off" else candidate_offsets
+        # ids and the IP replaced by the C scanner (`_splice`), when it was built
+        self._compiled = compiled_rewrite() if upload and self.does_something else None
+        # the scan's per-string gate: the C mark test where the pass is compiled
+        self._gate: Callable[[str], bool] | None = None
+        if self._compiled is not None:
+            from backfill.privacy._splice import marked  # built with the rewrite
+
+            self._gate = marked
+        self._targets = tuple(
+            (name.encode(), dict[bytes, bytes](), self._pseudonym(MAX_LENGTH[name]))
+            for name in fields
+        )
+        self._nested = (
+            (b"context", b"truncated_ip", dict[bytes, bytes](), _truncated_bytes)
+            if self.truncate
+            else None
+        )
 
     def fingerprint(self) -> str:
         """The table and the key, for the checkpoint's settings: a resumed load with another
@@ -183,7 +203,7 @@ class PrivacyTransform:
 
         Returns the check for batching, which then has nothing left to refuse (an upload
         only: a delete's ids keep their own check)."""
-        if not self.delete:
+        if not self.delete and self._compiled is None:  # compiled: its own pass, then check
             self._validator = validator
         return settled if self._validator is not None else validator.check
 
@@ -199,6 +219,10 @@ class PrivacyTransform:
             return
         if block.problems and (self._ids or self.pii in ("redact", "dead-letter")):
             self._clean_problems(block)
+        if self._compiled is not None:  # one C pass: ids, IP, and the lines to scan
+            for slot in self._rewrite_compiled(block, self._compiled):
+                self._scan(block, slot)
+            return
         joined = b"\n".join(block.lines)
         slots = self._candidates(joined, block.lines) if self.pii != "off" else []
         if self._validator is not None:
@@ -328,6 +352,37 @@ class PrivacyTransform:
                 new = self._rewrite_line(line)
                 if block.lines[i]:  # else filtered (out of the window): counted all the same
                     block.lines[i] = new
+
+    def _rewrite_compiled(self, block: Block, rewrite: Compiled) -> list[int]:
+        """Ids and the IP of every line by the C scanner, which finds the keys where the
+        decoder would (top level, and `truncated_ip` directly in `context`) and replaces their
+        values in the bytes; a line it cannot be sure of (an escape in a key or an id, a
+        name given twice, not one JSON object) is left to `_rewrite_line`. Returns the slots
+        whose bytes hold a PII mark (the pre-filter's, on the lines as they came)."""
+        block.stored_lengths()  # the lengths as read, before the lines change in place
+        changed, unusual, flagged = rewrite(
+            block.lines, self._targets, self._nested, CACHE_SIZE, self.pii != "off"
+        )
+        if self._nested is not None:
+            self.counts.ips_truncated += changed.pop()
+        self.counts.ids_hashed += sum(changed)
+        for i in unusual:
+            line = block.lines[i]
+            if line and (new := self._rewrite_line(line)) is not line:
+                block.replace(i, new)
+        return flagged
+
+    def _pseudonym(self, limit: int) -> Callable[[bytes], bytes]:
+        """The compiled scanner's miss: the content of a JSON string with no escape and
+        only ASCII (it leaves any other to Python) -> its pseudonym; an empty or too long
+        id stays (the validator judges it)."""
+        key = self.key
+        assert key is not None
+
+        def pseudonym(raw: bytes) -> bytes:
+            return key.hash(raw.decode("ascii")).encode() if 0 < len(raw) <= limit else raw
+
+        return pseudonym
 
     def _truncated(self, line: bytes, ip: Any) -> tuple[bytes, bool]:
         if ip and (ip[-2:] != ".0" or ":" in ip):  # an IPv4 /24 already: no entry
@@ -460,7 +515,8 @@ class PrivacyTransform:
         raw = block.lines[slot]
         redact = self.pii != "warn"
         found: list[tuple[str, str]] = []
-        gate = candidate_gate(raw) or maybe_pii  # the line's marks, when its strings are bytes
+        # the line's marks (when its strings are its bytes), or each string's own
+        gate = self._gate or candidate_gate(raw) or maybe_pii
         try:
             clean = scrub(_decode(raw), "", found, redact, gate)
         except (msgspec.DecodeError, UnicodeDecodeError):  # a dead letter to be: keep PII out
@@ -503,6 +559,13 @@ class PrivacyTransform:
                 raw = text.encode("utf-8", "surrogateescape")
             if raw is not problem.raw:
                 block.problems[index] = problem._replace(raw=raw)
+
+
+def _truncated_bytes(raw: bytes) -> bytes:
+    """The compiled scanner's miss for `truncated_ip` (ASCII, no escape): `truncate_ip`."""
+    text = raw.decode("ascii")
+    short = truncate_ip(text)
+    return raw if short == text else short.encode()
 
 
 def settled(line: bytes) -> str | None:
