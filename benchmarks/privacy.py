@@ -14,7 +14,7 @@ per block as batching does. That leaves out everything the step does not slow, s
 is the step's cost at its most visible. Runs alternate and the best wall time and the best
 CPU time of each side are kept, so a noisy neighbour on a shared machine hurts both alike.
 
-    python -m benchmarks.privacy [--records 1000000] [--repeat 3] [--quick]
+    python -m benchmarks.privacy [--records 1000000] [--repeat 5] [--quick]
 
 `section()` returns the numbers for `make bench`.
 """
@@ -286,7 +286,7 @@ DOC: Final = (
 
 def section(quick: bool) -> Section:
     """The `make bench` section (issue 17, item 4)."""
-    records, repeat = (200_000, 2) if quick else (1_000_000, 3)
+    records, repeat = (200_000, 2) if quick else (1_000_000, 5)
     result = measure(records, repeat)
     markdown = (
         f"{records:,} generated records (1% with PII), gzip JSON lines, best of {repeat}, "
@@ -309,7 +309,7 @@ def section(quick: bool) -> Section:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.privacy")
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="200,000 records, best of 2")
     args = parser.parse_args(argv)
     records, repeat = (200_000, 2) if args.quick else (args.records, args.repeat)

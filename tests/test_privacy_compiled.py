@@ -254,7 +254,7 @@ def flagged_by_python(lines: list[bytes]) -> list[int]:
 
 def flagged_by_c(lines: list[bytes]) -> list[int]:
     work = list(lines)
-    _, _, flagged = splice.rewrite(work, (), None, 16, True)
+    _, _, flagged = splice.rewrite(work, (), None, True)
     assert work == lines
     return list(flagged)
 
@@ -284,23 +284,42 @@ def test_marks_are_found_at_every_place_of_short_and_long_lines(size: int) -> No
                 assert flagged_by_c([line]) == ([0] if mark in marks else []), (mark, at)
 
 
-def test_a_cache_holds_at_most_its_limit_and_the_last_value_is_reused() -> None:
+def test_a_cache_holds_at_most_its_limit_and_computes_each_value_once() -> None:
     calls: list[bytes] = []
 
     def compute(raw: bytes) -> bytes:
         calls.append(raw)
         return raw.upper()
 
-    cache: dict[bytes, bytes] = {}
-    lines = [b'{"user_id":"%s"}' % v for v in (b"a", b"a", b"b", b"c", b"d", b"e", b"a")]
+    cache = splice.cache(2)
+    lines = [b'{"user_id":"%s"}' % v for v in (b"a", b"a", b"b", b"a", b"c", b"d", b"e", b"a")]
     work = list(lines)
-    changed, unusual, flagged = splice.rewrite(
-        work, ((b"user_id", cache, compute),), None, 2, False
-    )
-    assert work == [b'{"user_id":"%s"}' % v for v in (b"A", b"A", b"B", b"C", b"D", b"E", b"A")]
-    assert (changed, unusual, flagged) == ([7], [], [])
-    assert calls == [b"a", b"b", b"c", b"d", b"e", b"a"]  # the second "a" was the last one's
-    assert len(cache) <= 2
+    changed, unusual, flagged = splice.rewrite(work, ((b"user_id", cache, compute),), None, False)
+    upper = (b"A", b"A", b"B", b"A", b"C", b"D", b"E", b"A")
+    assert work == [b'{"user_id":"%s"}' % v for v in upper]
+    assert (changed, unusual, flagged) == ([8], [], [])
+    # "a" was cached twice; full at "c" (cleared), and again at "e"
+    assert calls == [b"a", b"b", b"c", b"d", b"e", b"a"]
+    assert splice.cached(cache) == 2
+    with pytest.raises(ValueError, match="1 to 2"):
+        splice.cache(0)
+
+
+def test_colliding_and_many_values_are_each_found() -> None:
+    """Open addressing: 50,000 values through a cache of 4,096 (cleared on the way), each
+    line given its own value back; then the values it holds again, all found there."""
+    cache = splice.cache(4096)
+    values = [b"user-%d" % i for i in range(50_000)]
+    lines = [b'{"user_id":"%s"}' % v for v in values]
+    work = list(lines)
+    splice.rewrite(work, ((b"user_id", cache, lambda raw: raw[::-1]),), None, False)
+    assert work == [b'{"user_id":"%s"}' % v[::-1] for v in values]
+    held = splice.cached(cache)
+    assert held == (50_000 - 1) % 4096 + 1  # cleared when full, then filled again
+    seen: list[bytes] = []
+    again = [b'{"user_id":"%s"}' % v for v in values[-held:]]
+    splice.rewrite(again, ((b"user_id", cache, lambda raw: seen.append(raw) or raw),), None, False)
+    assert seen == [] and again == [b'{"user_id":"%s"}' % v[::-1] for v in values[-held:]]
 
 
 def test_a_failing_compute_raises_and_leaves_valid_lines() -> None:
@@ -314,12 +333,15 @@ def test_a_failing_compute_raises_and_leaves_valid_lines() -> None:
     for compute, error in ((broken, ValueError), (wrong, TypeError)):
         work = list(lines)
         with pytest.raises(error):
-            splice.rewrite(work, ((b"user_id", {}, compute),), None, 8, False)
+            splice.rewrite(work, ((b"user_id", splice.cache(8), compute),), None, False)
         assert work == lines
     with pytest.raises(TypeError):
-        splice.rewrite(lines, ((b"user_id", {}, 5),), None, 8, False)  # type: ignore[arg-type]
+        splice.rewrite(lines, ((b"user_id", splice.cache(8), 5),), None, False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        splice.rewrite(lines, ((b"user_id", {}, bytes.upper),), None, False)  # type: ignore[arg-type]
     work: list[Any] = [b'{"user_id":"a"}', "a str", None]
-    changed, unusual, _ = splice.rewrite(work, ((b"user_id", {}, bytes.upper),), None, 8, False)
+    target = ((b"user_id", splice.cache(8), bytes.upper),)
+    changed, unusual, _ = splice.rewrite(work, target, None, False)
     assert (changed, unusual, work[0]) == ([1], [1, 2], b'{"user_id":"A"}')
 
 
@@ -337,7 +359,7 @@ def test_the_pass_does_not_leak() -> None:
 
     def once() -> None:
         work = list(lines)
-        rewrite(work, t._targets, t._nested, 4096, True)
+        rewrite(work, t._targets, t._nested, True)
 
     for _ in range(50):  # the caches fill
         once()

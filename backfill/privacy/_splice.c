@@ -2,16 +2,15 @@
  * each JSON line in C (backfill.privacy.transform uses it when it was built; the Python path
  * gives the same result).
  *
- * rewrite(lines, targets, nested, limit, marks) -> (changed, unusual, flagged)
+ * rewrite(lines, targets, nested, marks) -> (changed, unusual, flagged)
  *
  *   lines    list[bytes], JSON lines; rewritten in place (a line that changes gets a new
  *            bytes object, the others keep theirs)
- *   targets  tuple of (name: bytes, cache: dict, compute: callable): top-level keys whose
- *            string value is replaced by cache[value], compute(value) filling a miss
+ *   targets  tuple of (name: bytes, cache: cache(limit), compute: callable): top-level keys
+ *            whose string value is replaced by cache[value], compute(value) filling a miss
  *   nested   None, or (container: bytes, name: bytes, cache, compute): the same for one key
  *            of the top-level object `container` (context.truncated_ip); a value that is an
  *            IPv4 /24 already (ends in ".0", no ':') is not looked up
- *   limit    entries a cache may hold (then it is cleared)
  *   marks    whether to look for the PII marks in each line (see has_mark)
  *
  *   changed  list[int], per target then the nested one: values replaced by something else
@@ -37,13 +36,101 @@
 
 #define MAX_TARGETS 8
 
+/* A cache of rewritten values: raw bytes -> new bytes, open addressing, at most `limit`
+ * entries (then cleared: a few MB at most), at most half full. Keyed by the raw bytes
+ * themselves (no bytes object, no siphash per lookup: the lookup was most of a line's cost),
+ * with a hash seeded per process. */
+typedef struct {
+    uint64_t hash;
+    Py_ssize_t len;
+    char *key;       /* PyMem copy of the raw value; NULL: a free slot */
+    PyObject *value; /* owned */
+} Slot;
+
+typedef struct {
+    Py_ssize_t limit, count;
+    size_t mask; /* slots - 1, a power of two minus one */
+    Slot *slots;
+} Table;
+
+#define CACHE_NAME "backfill.privacy._splice.cache"
+static uint64_t seed;
+
+static inline uint64_t hash_bytes(const char *s, Py_ssize_t n) {
+    uint64_t h = seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ULL);
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+        s += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, s, (size_t)n);
+    h = (h ^ w) * 0x94D049BB133111EBULL;
+    return h ^ (h >> 29);
+}
+
+static void table_clear(Table *t) {
+    for (size_t i = 0; i <= t->mask; i++) {
+        if (t->slots[i].key != NULL) {
+            PyMem_Free(t->slots[i].key);
+            Py_DECREF(t->slots[i].value);
+            t->slots[i].key = NULL;
+            t->slots[i].value = NULL;
+        }
+    }
+    t->count = 0;
+}
+
+static void table_free(PyObject *capsule) {
+    Table *t = PyCapsule_GetPointer(capsule, CACHE_NAME);
+    if (t == NULL) return;
+    table_clear(t);
+    PyMem_Free(t->slots);
+    PyMem_Free(t);
+}
+
+/* cache(limit) -> an empty cache, for one target of `rewrite` */
+static PyObject *new_cache(PyObject *module, PyObject *arg) {
+    Py_ssize_t limit = PyLong_AsSsize_t(arg);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    if (limit < 1 || limit > ((Py_ssize_t)1 << 28)) {
+        PyErr_SetString(PyExc_ValueError, "a cache holds 1 to 2**28 entries");
+        return NULL;
+    }
+    size_t size = 4;
+    while (size < (size_t)limit * 2) size <<= 1;
+    Table *t = PyMem_Calloc(1, sizeof(Table));
+    Slot *slots = PyMem_Calloc(size, sizeof(Slot));
+    if (t == NULL || slots == NULL) {
+        PyMem_Free(t);
+        PyMem_Free(slots);
+        return PyErr_NoMemory();
+    }
+    t->limit = limit;
+    t->mask = size - 1;
+    t->slots = slots;
+    PyObject *capsule = PyCapsule_New(t, CACHE_NAME, table_free);
+    if (capsule == NULL) {
+        PyMem_Free(slots);
+        PyMem_Free(t);
+    }
+    return capsule;
+}
+
+/* cached(cache) -> the number of entries it holds */
+static PyObject *cached(PyObject *module, PyObject *capsule) {
+    Table *t = PyCapsule_GetPointer(capsule, CACHE_NAME);
+    return t == NULL ? NULL : PyLong_FromSsize_t(t->count);
+}
+
 typedef struct {
     const char *name;
     Py_ssize_t name_len;
-    PyObject *cache;
+    Table *cache;
     PyObject *compute;
-    PyObject *last_key; /* owned, the value looked up last (a user's events come in runs) */
-    PyObject *last_value; /* owned */
 } Target;
 
 typedef struct {
@@ -216,50 +303,43 @@ static Py_ssize_t walk_object(const char *s, Py_ssize_t i, Py_ssize_t n, const T
 }
 
 /* cache[raw], computing and storing a miss; a new reference, NULL on error. */
-static PyObject *lookup(Target *target, const char *raw, Py_ssize_t len, Py_ssize_t limit) {
-    PyObject *last = target->last_key;
-    if (last != NULL && PyBytes_GET_SIZE(last) == len &&
-        memcmp(PyBytes_AS_STRING(last), raw, (size_t)len) == 0) {
-        Py_INCREF(target->last_value);
-        return target->last_value;
+static PyObject *lookup(Target *target, const char *raw, Py_ssize_t len) {
+    Table *t = target->cache;
+    uint64_t h = hash_bytes(raw, len);
+    size_t i = (size_t)h & t->mask;
+    for (; t->slots[i].key != NULL; i = (i + 1) & t->mask) {
+        Slot *slot = &t->slots[i];
+        if (slot->hash == h && slot->len == len && memcmp(slot->key, raw, (size_t)len) == 0) {
+            Py_INCREF(slot->value);
+            return slot->value;
+        }
     }
     PyObject *key = PyBytes_FromStringAndSize(raw, len);
     if (key == NULL) return NULL;
-    PyObject *found = PyDict_GetItemWithError(target->cache, key);
-    if (found != NULL) {
-        Py_INCREF(found);
-    } else {
-        if (PyErr_Occurred()) {
-            Py_DECREF(key);
-            return NULL;
-        }
-        found = PyObject_CallOneArg(target->compute, key);
-        if (found == NULL || !PyBytes_Check(found)) {
-            if (found != NULL) {
-                PyErr_SetString(PyExc_TypeError, "compute must return bytes");
-                Py_DECREF(found);
-            }
-            Py_DECREF(key);
-            return NULL;
-        }
-        if (PyDict_GET_SIZE(target->cache) >= limit) PyDict_Clear(target->cache);
-        if (PyDict_SetItem(target->cache, key, found) < 0) {
-            Py_DECREF(found);
-            Py_DECREF(key);
-            return NULL;
-        }
+    PyObject *found = PyObject_CallOneArg(target->compute, key);
+    Py_DECREF(key);
+    if (found == NULL) return NULL;
+    if (!PyBytes_Check(found)) {
+        PyErr_SetString(PyExc_TypeError, "compute must return bytes");
+        Py_DECREF(found);
+        return NULL;
     }
-    Py_XSETREF(target->last_key, key); /* takes key */
+    char *copy = PyMem_Malloc(len > 0 ? (size_t)len : 1);
+    if (copy == NULL) {
+        Py_DECREF(found);
+        return PyErr_NoMemory();
+    }
+    memcpy(copy, raw, (size_t)len);
+    if (t->count >= t->limit) { /* full: start again (a few MB at most) */
+        table_clear(t);
+        i = (size_t)h & t->mask;
+    }
+    /* compute is Python: it cannot reach this table, but find a free slot again anyway */
+    while (t->slots[i].key != NULL) i = (i + 1) & t->mask;
+    t->slots[i] = (Slot){h, len, copy, found};
+    t->count++;
     Py_INCREF(found);
-    Py_XSETREF(target->last_value, found);
     return found;
-}
-
-static void forget(Target *targets, Py_ssize_t count) {
-    for (Py_ssize_t k = 0; k < count; k++) {
-        Py_CLEAR(targets[k].last_key);
-        Py_CLEAR(targets[k].last_value);
-    }
 }
 
 static int parse_target(PyObject *item, Target *target, Py_ssize_t offset) {
@@ -271,15 +351,15 @@ static int parse_target(PyObject *item, Target *target, Py_ssize_t offset) {
     name = PyTuple_GET_ITEM(item, offset);
     cache = PyTuple_GET_ITEM(item, offset + 1);
     compute = PyTuple_GET_ITEM(item, offset + 2);
-    if (!PyBytes_Check(name) || !PyDict_Check(cache) || !PyCallable_Check(compute)) {
-        PyErr_SetString(PyExc_TypeError, "a target is (bytes, dict, callable)");
+    if (!PyBytes_Check(name) || !PyCapsule_IsValid(cache, CACHE_NAME) ||
+        !PyCallable_Check(compute)) {
+        PyErr_SetString(PyExc_TypeError, "a target is (bytes, cache(), callable)");
         return -1;
     }
     target->name = PyBytes_AS_STRING(name);
     target->name_len = PyBytes_GET_SIZE(name);
-    target->cache = cache;
+    target->cache = PyCapsule_GetPointer(cache, CACHE_NAME);
     target->compute = compute;
-    target->last_key = target->last_value = NULL;
     return 0;
 }
 
@@ -446,7 +526,7 @@ static int append_index(PyObject *list, Py_ssize_t index) {
 /* The line with its targets' values replaced, or a new reference to the line itself when
  * none changes; NULL on error. Counts each value replaced in changed[target]. */
 static PyObject *edited(PyObject *line, Target *targets, Py_ssize_t count, int nested,
-                        Span *spans, Py_ssize_t limit, Py_ssize_t *changed) {
+                        Span *spans, Py_ssize_t *changed) {
     const char *s = PyBytes_AS_STRING(line);
     Py_ssize_t n = PyBytes_GET_SIZE(line);
     Edit edits[MAX_TARGETS + 1];
@@ -455,7 +535,7 @@ static PyObject *edited(PyObject *line, Target *targets, Py_ssize_t count, int n
         Span *span = &spans[k];
         if (span->found != 1 || span->end == span->start) continue;
         if (k == count && already_short(s, span->start, span->end)) continue;
-        PyObject *value = lookup(&targets[k], s + span->start, span->end - span->start, limit);
+        PyObject *value = lookup(&targets[k], s + span->start, span->end - span->start);
         if (value == NULL) {
             for (int j = 0; j < m; j++) Py_DECREF(edits[j].value);
             return NULL;
@@ -502,10 +582,9 @@ static PyObject *edited(PyObject *line, Target *targets, Py_ssize_t count, int n
 
 static PyObject *rewrite(PyObject *module, PyObject *args) {
     PyObject *lines, *targets_arg, *nested_arg;
-    Py_ssize_t limit;
     int marks;
-    if (!PyArg_ParseTuple(args, "O!O!Onp", &PyList_Type, &lines, &PyTuple_Type, &targets_arg,
-                          &nested_arg, &limit, &marks))
+    if (!PyArg_ParseTuple(args, "O!O!Op", &PyList_Type, &lines, &PyTuple_Type, &targets_arg,
+                          &nested_arg, &marks))
         return NULL;
     Py_ssize_t count = PyTuple_GET_SIZE(targets_arg);
     if (count > MAX_TARGETS) {
@@ -557,7 +636,7 @@ static PyObject *rewrite(PyObject *module, PyObject *args) {
             continue;
         }
         Py_INCREF(line); /* compute is Python: keep the line alive whatever it does */
-        PyObject *out = edited(line, targets, count, nested, spans, limit, changed);
+        PyObject *out = edited(line, targets, count, nested, spans, changed);
         Py_DECREF(line);
         if (out == NULL) goto error;
         if (out == line) {
@@ -581,13 +660,11 @@ static PyObject *rewrite(PyObject *module, PyObject *args) {
         Py_DECREF(counts);
         Py_DECREF(unusual);
         Py_DECREF(flagged);
-        forget(targets, parsed);
         return result;
     }
 error:
     Py_XDECREF(unusual);
     Py_XDECREF(flagged);
-    forget(targets, parsed);
     return NULL;
 }
 
@@ -614,20 +691,34 @@ static PyObject *marked(PyObject *module, PyObject *text) {
 
 static PyMethodDef methods[] = {
     {"rewrite", rewrite, METH_VARARGS,
-     "rewrite(lines, targets, nested, limit, marks) -> (changed, unusual, flagged): see the "
+     "rewrite(lines, targets, nested, marks) -> (changed, unusual, flagged): see the "
      "module's source."},
+    {"cache", new_cache, METH_O, "cache(limit) -> an empty cache of rewritten values."},
+    {"cached", cached, METH_O, "cached(cache) -> the number of values it holds."},
     {"marked", marked, METH_O,
      "marked(text) -> bool: whether the string holds a PII mark (the scan's gate)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_splice",
-    "The [privacy] id and IP rewrite, compiled (backfill.privacy.rewrite has the Python one).",
-    -1, methods,
+    PyModuleDef_HEAD_INIT,
+    "_splice",
+    "The [privacy] id and IP rewrite and PII pre-filter, compiled (backfill.privacy.rewrite "
+    "and backfill.privacy.detect have the Python ones).",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };
 
 PyMODINIT_FUNC PyInit__splice(void) {
     init_classes();
+    /* the caches' hash seed: a str's hash is randomized per process (PYTHONHASHSEED) */
+    PyObject *salt = PyUnicode_FromString("backfill.privacy._splice");
+    if (salt == NULL) return NULL;
+    seed = (uint64_t)PyObject_Hash(salt) * 0x9E3779B97F4A7C15ULL;
+    Py_DECREF(salt);
     return PyModule_Create(&module);
 }

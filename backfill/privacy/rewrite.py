@@ -152,14 +152,13 @@ class Unusual(Exception):
 
 REWRITE_ENV: Final = "BACKFILL_ID_REWRITE"
 REWRITES: Final = ("python", "compiled")
-# (lines, targets, nested, limit, marks) -> (changed per target, indices left to Python,
-# indices holding a PII mark): see _splice.c
+# (lines, targets, nested, marks) -> (changed per target, indices left to Python, indices
+# holding a PII mark): see _splice.c; a target is (name, _splice.cache(limit), compute)
 Compiled = Callable[
     [
         list[bytes],
-        tuple[tuple[bytes, dict[bytes, bytes], Callable[[bytes], bytes]], ...],
-        tuple[bytes, bytes, dict[bytes, bytes], Callable[[bytes], bytes]] | None,
-        int,
+        tuple[tuple[bytes, object, Callable[[bytes], bytes]], ...],
+        tuple[bytes, bytes, object, Callable[[bytes], bytes]] | None,
         bool,
     ],
     tuple[list[int], list[int], list[int]],
@@ -184,4 +183,4 @@ def compiled_rewrite(name: str | None = None) -> Compiled | None:
                 "reinstall with a C compiler present, or unset it"
             ) from None
         return None
-    return _splice.rewrite
+    return _splice.rewrite  # type: ignore[return-value]  # its caches are opaque objects

@@ -153,21 +153,25 @@ class PrivacyTransform:
         self._offsets = prefilter() if self.pii != "off" else candidate_offsets
         # ids and the IP replaced by the C scanner (`_splice`), when it was built
         self._compiled = compiled_rewrite() if upload and self.does_something else None
-        # the scan's per-string gate: the C mark test where the pass is compiled
+        # the scan's per-string gate (the C mark test) and the C pass's caches, when compiled
         self._gate: Callable[[str], bool] | None = None
+        self._targets: tuple[tuple[bytes, object, Callable[[bytes], bytes]], ...] = ()
+        self._nested: tuple[bytes, bytes, object, Callable[[bytes], bytes]] | None = None
         if self._compiled is not None:
-            from backfill.privacy._splice import marked  # built with the rewrite
+            from backfill.privacy import _splice  # built with the rewrite
 
-            self._gate = marked
-        self._targets = tuple(
-            (name.encode(), dict[bytes, bytes](), self._pseudonym(MAX_LENGTH[name]))
-            for name in fields
-        )
-        self._nested = (
-            (b"context", b"truncated_ip", dict[bytes, bytes](), _truncated_bytes)
-            if self.truncate
-            else None
-        )
+            self._gate = _splice.marked
+            self._targets = tuple(
+                (name.encode(), _splice.cache(CACHE_SIZE), self._pseudonym(MAX_LENGTH[name]))
+                for name in fields
+            )
+            if self.truncate:
+                self._nested = (
+                    b"context",
+                    b"truncated_ip",
+                    _splice.cache(CACHE_SIZE),
+                    _truncated_bytes,
+                )
 
     def fingerprint(self) -> str:
         """The table and the key, for the checkpoint's settings: a resumed load with another
@@ -361,7 +365,7 @@ class PrivacyTransform:
         whose bytes hold a PII mark (the pre-filter's, on the lines as they came)."""
         block.stored_lengths()  # the lengths as read, before the lines change in place
         changed, unusual, flagged = rewrite(
-            block.lines, self._targets, self._nested, CACHE_SIZE, self.pii != "off"
+            block.lines, self._targets, self._nested, self.pii != "off"
         )
         if self._nested is not None:
             self.counts.ips_truncated += changed.pop()
