@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import os
 import re
 from collections.abc import Callable
 from typing import Any, Final
 
 from backfill.errors import UsageError
+from backfill.privacy.settings import implementation
 
 PLACEHOLDER: Final = {"email": "[email]", "phone": "[phone]", "card": "[card]"}
 
@@ -147,11 +147,9 @@ def prefilter(name: str | None = None) -> Callable[[bytes], list[int]]:
     one $BACKFILL_PII_PREFILTER names, else hyperscan when it is installed and runs on this
     CPU, else Python. Both find the same lines (the hyperscan offsets are a match's last
     byte, `candidate_offsets`'s its first: in the same line)."""
-    name = name or os.environ.get(PREFILTER_ENV) or ""
+    name = implementation(PREFILTER_ENV, PREFILTERS, name)
     if name == "python":
         return candidate_offsets
-    if name not in ("", "hyperscan"):
-        raise UsageError(f"${PREFILTER_ENV} is {name!r}: choose one of {', '.join(PREFILTERS)}")
     try:
         return _compiled()
     except (ImportError, RuntimeError) as exc:  # not installed, or a CPU it cannot run on

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Sequence
 from operator import ne
@@ -11,6 +10,7 @@ from typing import Final
 import msgspec
 
 from backfill.errors import UsageError
+from backfill.privacy.settings import implementation
 
 CACHE_SIZE: Final = 1 << 16  # rewritten values remembered (a user's events come in runs)
 
@@ -169,11 +169,9 @@ def compiled_rewrite(name: str | None = None) -> Compiled | None:
     """The compiled id and IP rewrite and PII pre-filter (`_splice.rewrite`, built from C at
     install when a compiler is there), or None for the Python ones: $BACKFILL_ID_REWRITE
     names one ("python" or "compiled"), else the compiled one when it was built."""
-    name = name or os.environ.get(REWRITE_ENV) or ""
+    name = implementation(REWRITE_ENV, REWRITES, name)
     if name == "python":
         return None
-    if name not in ("", "compiled"):
-        raise UsageError(f"${REWRITE_ENV} is {name!r}: choose one of {', '.join(REWRITES)}")
     try:
         from backfill.privacy import _splice
     except ImportError as exc:

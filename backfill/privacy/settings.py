@@ -132,3 +132,13 @@ def load_hash_key(
             "(e.g. `openssl rand -hex 32`): a short key can be guessed from the hashed ids"
         )
     return HashKey(key)
+
+
+def implementation(variable: str, choices: tuple[str, ...], name: str | None = None) -> str:
+    """Which implementation of a part to use: `name`, else $`variable`, else "" (the
+    default: the compiled one where it is there); a value not among `choices` is a usage
+    error (exit 2), before anything is read or sent."""
+    name = name or os.environ.get(variable) or ""
+    if name not in ("", *choices):
+        raise UsageError(f"${variable} is {name!r}: choose one of {', '.join(choices)}")
+    return name
