@@ -151,6 +151,7 @@ def test_edge_cases_send_what_the_python_path_sends(monkeypatch: pytest.MonkeyPa
             assert a == b, raw
     assert compiled.counts.report() == python.counts.report()
     assert ids_sent(fast.lines[9]) == [("user_id", pseudonym("b"))]  # the raw "a" is gone
+    assert HashKey(KEY).hash_utf8("café".encode()) == pseudonym("café").encode()
     first, nested = json.loads(fast.lines[0]), json.loads(fast.lines[1])
     assert first == {"user_id": pseudonym("ana"), "anonymous_id": pseudonym("v1")}
     assert nested["user_id"] == pseudonym("n")

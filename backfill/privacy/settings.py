@@ -74,6 +74,15 @@ class HashKey:
         outer.update(inner.digest())
         return outer.hexdigest()
 
+    def hash_utf8(self, data: bytes) -> bytes:
+        """`hash` of a value given as its UTF-8 bytes, the digest as ASCII bytes (the C pass's
+        misses: no decode and encode around it)."""
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest().encode()
+
     def hash_json(self, raw: bytes, limit: int) -> bytes | None:
         """The hash of a JSON string's content (without quotes), None if it is not one; the
         content itself when empty or longer than `limit` (the schema's maximum for the

@@ -380,11 +380,11 @@ class PrivacyTransform:
         """The compiled scanner's miss: the content of a JSON string with no escape and
         only ASCII (it leaves any other to Python) -> its pseudonym; an empty or too long
         id stays (the validator judges it)."""
-        key = self.key
-        assert key is not None
+        assert self.key is not None
+        hash_utf8 = self.key.hash_utf8
 
-        def pseudonym(raw: bytes) -> bytes:
-            return key.hash(raw.decode("ascii")).encode() if 0 < len(raw) <= limit else raw
+        def pseudonym(raw: bytes) -> bytes:  # ASCII: its length is the id's
+            return hash_utf8(raw) if 0 < len(raw) <= limit else raw
 
         return pseudonym
 
