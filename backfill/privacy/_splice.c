@@ -69,6 +69,8 @@ static inline uint64_t hash_bytes(const char *s, Py_ssize_t n) {
     uint64_t w = 0;
     memcpy(&w, s, (size_t)n);
     h = (h ^ w) * 0x94D049BB133111EBULL;
+    h ^= h >> 32; /* a full finalizer: every byte reaches the low bits the index uses */
+    h *= 0xBF58476D1CE4E5B9ULL;
     return h ^ (h >> 29);
 }
 
@@ -223,7 +225,12 @@ static Py_ssize_t skip_value(const char *s, Py_ssize_t i, Py_ssize_t n) {
         }
         return -1;
     }
-    /* a scalar: up to the next structural byte or whitespace */
+    /* a scalar: a number, true, false or null (NaN, Infinity and the like are not JSON:
+     * the decoder refuses the line, so the Python path judges it), up to the next
+     * structural byte or whitespace */
+    if (!((c >= '0' && c <= '9') || c == 't' || c == 'f' || c == 'n' ||
+          (c == '-' && i + 1 < n && s[i + 1] >= '0' && s[i + 1] <= '9')))
+        return -1;
     Py_ssize_t start = i;
     while (i < n) {
         c = s[i];

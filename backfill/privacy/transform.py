@@ -420,7 +420,7 @@ class PrivacyTransform:
             if escaped(line):
                 raise Unusual
             new, ids, ip_done = self._splice(line, self._decode_fields(line))
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, Unusual):
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError, Unusual):
             return self._by_record(line)  # counts what it rewrites itself
         self.counts.ids_hashed += ids  # counted only here: a fallback counts once
         self.counts.ips_truncated += ip_done
@@ -447,7 +447,7 @@ class PrivacyTransform:
         again; a line that is not JSON (a dead letter to be) gets the regex, best effort."""
         try:
             record = _decode(line)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return self._by_regex(line)
         if type(record) is not dict:
             return line
@@ -523,7 +523,8 @@ class PrivacyTransform:
         gate = self._gate or candidate_gate(raw) or maybe_pii
         try:
             clean = scrub(_decode(raw), "", found, redact, gate)
-        except (msgspec.DecodeError, UnicodeDecodeError):  # a dead letter to be: keep PII out
+        # a dead letter to be (not JSON, or nested too deeply to decode): keep PII out
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             text, kinds = redact_text(raw.decode("utf-8", "surrogateescape"))
             found = [(kind, "(malformed line)") for kind in kinds]
             clean = None
