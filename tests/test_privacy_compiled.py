@@ -263,6 +263,34 @@ def test_the_compiled_pass_sends_what_the_python_path_sends(lines: list[bytes]) 
     assert fast.raw_lengths in (None, [len(x) for x in lines])
 
 
+@pytest.mark.parametrize("pad", [0, 1, 30, 61, 62, 63, 64, 65, 127, 200, 4000])
+def test_brackets_and_quotes_inside_strings_are_not_structure(pad: int) -> None:
+    """The walk skips nested objects and arrays by balancing brackets: brackets, colons and
+    commas inside strings (short, long, across the 16-byte steps of the string scan) must
+    not count, and the C pass must locate the ids itself (no line left to Python)."""
+    text = "x" * pad
+    lines = [
+        b'{"a":{"k":"},\\u0022user_id"},"user_id":"raw"}',  # a backslash: the byte walk
+        b'{"a":{"k":"%s}],{[:"},"user_id":"raw","context":{"truncated_ip":"1.2.3.4"}}'
+        % text.encode(),
+        b'{"a":["%s]","}",{"b":"{{"}],"user_id":"raw"}' % text.encode(),
+        b'{"context":{"p":{"q":"%s}"},"truncated_ip":"1.2.3.4"},"user_id":"raw"}'
+        % text.encode(),
+    ]
+    cache, ips = splice.cache(8), splice.cache(8)
+    work = list(lines)
+    changed, unusual, _ = splice.rewrite(
+        work,
+        ((b"user_id", cache, lambda raw: b"HASHED"),),
+        (b"context", b"truncated_ip", ips, lambda raw: b"1.2.3.0"),
+        False,
+    )
+    assert unusual == []
+    assert changed == [4, 2]
+    for raw, new in zip(lines, work, strict=True):
+        assert new == raw.replace(b'"raw"', b'"HASHED"').replace(b"1.2.3.4", b"1.2.3.0")
+
+
 def flagged_by_python(lines: list[bytes]) -> list[int]:
     joined = b"\n".join(lines)
     starts = list(map(add, accumulate(map(len, lines), initial=0), range(len(lines) + 1)))
