@@ -274,8 +274,7 @@ def test_brackets_and_quotes_inside_strings_are_not_structure(pad: int) -> None:
         b'{"a":{"k":"%s}],{[:"},"user_id":"raw","context":{"truncated_ip":"1.2.3.4"}}'
         % text.encode(),
         b'{"a":["%s]","}",{"b":"{{"}],"user_id":"raw"}' % text.encode(),
-        b'{"context":{"p":{"q":"%s}"},"truncated_ip":"1.2.3.4"},"user_id":"raw"}'
-        % text.encode(),
+        b'{"context":{"p":{"q":"%s}"},"truncated_ip":"1.2.3.4"},"user_id":"raw"}' % text.encode(),
     ]
     cache, ips = splice.cache(8), splice.cache(8)
     work = list(lines)
