@@ -28,7 +28,7 @@ from backfill.engine import Engine
 from backfill.errors import EXIT_NEEDS_USER, EXIT_SIGINT, EXIT_SIGTERM, BackfillError, UsageError
 from backfill.maintenance import read_ids
 from backfill.parallel import ParallelEngine
-from backfill.privacy import HASHED_IDS_NOTE, ids_to_delete
+from backfill.privacy import HASHED_IDS_NOTE, hashes_deleted_ids, ids_to_delete
 from backfill.progress import render_report, write_report
 from backfill.shards import Shard, parse_shard
 from backfill.sources import LocalFile
@@ -301,7 +301,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, overrides)
     if args.state_dir is None:
         settings = _in_subdir(settings, f"delete-{args.kind}")
-    local = _run_async(read_ids(LocalFile.at(args.ids), args.kind))
+    # raw user ids the [privacy] table hashes are personal data: reasons do not quote them
+    hidden = hashes_deleted_ids(settings.privacy, args.kind)
+    local = _run_async(read_ids(LocalFile.at(args.ids), args.kind, show_values=not hidden))
     ids = local.ids
     for problem in local.problems:
         print(f"not an id: {problem}", file=sys.stderr)

@@ -15,10 +15,16 @@ from backfill.schema import KINDS, MAX_ID, Kind
 from backfill.sources import Block, Source
 
 
-def id_check(kind: Kind) -> Callable[[bytes], str | None]:
-    """Validates one id (a JSON string, as IdLines produces) by the contract's id rules."""
+def id_check(kind: Kind, show_values: bool = True) -> Callable[[bytes], str | None]:
+    """Validates one id (a JSON string, as IdLines produces) by the contract's id rules.
+
+    A reason quotes the value unless `show_values` is off: raw user ids that the [privacy]
+    table hashes are personal data, never printed (the line number says which one)."""
     what = KINDS[kind].id_field
     decode = msgspec.json.Decoder(str).decode
+
+    def got(value: str) -> str:
+        return f", got {value!r}" if show_values else ""
 
     def check(raw: bytes) -> str | None:
         try:
@@ -28,9 +34,9 @@ def id_check(kind: Kind) -> Callable[[bytes], str | None]:
         if not value or len(value) > MAX_ID:
             return f"{what}: must be 1 to {MAX_ID} characters, got {len(value)}"
         if value.startswith("_"):
-            return f"{what}: must not start with '_', got {value!r}"
+            return f"{what}: must not start with '_'{got(value)}"
         if kind == "products" and "," in value:
-            return f"{what}: must not contain ',', got {value!r}"
+            return f"{what}: must not contain ','{got(value)}"
         return None
 
     return check

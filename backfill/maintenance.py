@@ -91,10 +91,11 @@ class _Sniffing:
             yield block
 
 
-async def read_ids(source: Source, kind: Kind) -> LocalIds:
-    """Valid ids in file order, reasons for the lines that are not ids, and what the file holds."""
+async def read_ids(source: Source, kind: Kind, show_values: bool = True) -> LocalIds:
+    """Valid ids in file order, reasons for the lines that are not ids (quoting the value
+    unless `show_values` is off, see id_check), and what the file holds."""
     local = LocalIds(source.name)
-    check, where = id_check(kind), source.name
+    check, where = id_check(kind, show_values), source.name
     blocks = open_blocks(source, START, [_Sniffing(local.shapes), IdLines(kind)])
     async with contextlib.aclosing(blocks):
         async for block in blocks:

@@ -236,12 +236,14 @@ async def test_delete_dry_run_lists_the_pseudonyms_never_the_raw_ids(
     code, _, err, _ = await load(server, tmp_path, jsonl(tmp_path / "u.jsonl", users), kind="users")
     assert code == 0, err
     ids = tmp_path / "forget.txt"
-    ids.write_text("ana@example.com\neve@example.com\n")
+    # the third line is not an id (Miso's ids never start with "_"): said, never quoted
+    ids.write_text("ana@example.com\neve@example.com\n_zed@example.com\n")
     args = ["delete", "users", "--ids", str(ids), "--config", str(config(tmp_path)), "--dry-run"]
     code, out, err = await cli(server, *args)
     assert code == 0, err
     assert out.split() == [pseudonym("ana@example.com"), pseudonym("eve@example.com")]
     assert "would delete 2 users" in err and "the raw ids are not printed" in err
+    assert f"not an id: {ids} line 3: user_id: must not start with '_'\n" in err
     assert "@example.com" not in out + err
     assert len(server.records("users")) == 2  # a dry run deletes nothing
     code, out, err = await cli(server, *args, hash_key=None)

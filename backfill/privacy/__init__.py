@@ -35,6 +35,7 @@ from backfill.privacy.transform import (
     PrivacyCounts,
     PrivacyTransform,
     build_privacy,
+    hashes_deleted_ids,
     ids_to_delete,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "build_privacy",
     "candidate_offsets",
     "find_pii",
+    "hashes_deleted_ids",
     "ids_to_delete",
     "load_hash_key",
     "luhn",

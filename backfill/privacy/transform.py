@@ -96,6 +96,12 @@ def build_privacy(
     return transform if transform.does_something else None
 
 
+def hashes_deleted_ids(settings: PrivacySettings | None, kind: Kind) -> bool:
+    """Whether a delete of `kind` sends pseudonyms for the ids it is given (the table hashes
+    user_id: `delete users` and `delete interactions` take user ids)."""
+    return settings is not None and "user_id" in settings.hash_ids and "user_id" in HASHABLE[kind]
+
+
 def ids_to_delete(
     settings: PrivacySettings | None,
     kind: Kind,
