@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,18 +48,25 @@ SETTINGS = PrivacySettings(hash_ids=["user_id", "anonymous_id"], truncate_ip=Tru
 BENCH_KEY = "benchmark-only-key-0123456789abcdef"
 
 
-def _step(path: str | None) -> PrivacyTransform:
-    """The step on `path` ("python": $BACKFILL_ID_REWRITE=python), else the default one."""
-    old = os.environ.get(REWRITE_ENV)
-    if path is not None:
-        os.environ[REWRITE_ENV] = path
+@contextlib.contextmanager
+def _environ(name: str, value: str | None) -> Iterator[None]:
+    """$name set to `value` (left as it is for None) while the step or engine is built."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
     try:
-        return PrivacyTransform(SETTINGS, HashKey(BENCH_KEY), "interactions")
+        yield
     finally:
         if old is None:
-            os.environ.pop(REWRITE_ENV, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[REWRITE_ENV] = old
+            os.environ[name] = old
+
+
+def _step(path: str | None) -> PrivacyTransform:
+    """The step on `path` ("python": $BACKFILL_ID_REWRITE=python), else the default one."""
+    with _environ(REWRITE_ENV, path):
+        return PrivacyTransform(SETTINGS, HashKey(BENCH_KEY), "interactions")
 
 
 async def _load(
@@ -133,15 +141,8 @@ async def _engine_once(files: list[Path], state: Path, privacy: bool) -> dict[st
         progress="off",
         privacy=SETTINGS if privacy else None,
     )
-    old = os.environ.get(SETTINGS.hash_key_env)
-    os.environ[SETTINGS.hash_key_env] = BENCH_KEY
-    try:
+    with _environ(SETTINGS.hash_key_env, BENCH_KEY):
         engine = Engine(settings, Secret(""))
-    finally:
-        if old is None:
-            del os.environ[SETTINGS.hash_key_env]
-        else:
-            os.environ[SETTINGS.hash_key_env] = old
     wall, cpu = time.perf_counter(), time.process_time()
     report = await engine.run()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

@@ -68,32 +68,35 @@ class HashKey:
 
     def hash(self, value: str) -> str:
         """hex(HMAC-SHA256(key, value)), lower case: the same id on every run and shard."""
-        inner = self._inner.copy()
-        inner.update(value.encode("utf-8", "surrogatepass"))
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest()
+        return self._hex(value.encode("utf-8", "surrogatepass"))
 
     def hash_utf8(self, data: bytes) -> bytes:
-        """`hash` of a value given as its UTF-8 bytes, the digest as ASCII bytes (the C pass's
-        misses: no decode and encode around it)."""
+        """`hash` of a value given as its UTF-8 bytes, the digest as ASCII bytes (no decode
+        and encode around it: the compiled pass's misses)."""
+        return self._hex(data).encode()
+
+    def _hex(self, data: bytes) -> str:
         inner = self._inner.copy()
         inner.update(data)
         outer = self._outer.copy()
         outer.update(inner.digest())
-        return outer.hexdigest().encode()
+        return outer.hexdigest()
 
     def hash_json(self, raw: bytes, limit: int) -> bytes | None:
         """The hash of a JSON string's content (without quotes), None if it is not one; the
         content itself when empty or longer than `limit` (the schema's maximum for the
         field: left for the validator to refuse, as on every other path)."""
         try:
-            value = msgspec.json.decode(b'"%s"' % raw, type=str) if b"\\" in raw else raw.decode()
+            if b"\\" in raw:  # escapes: the value's own UTF-8 is not these bytes
+                value = msgspec.json.decode(b'"%s"' % raw, type=str)
+                data = value.encode("utf-8", "surrogatepass")
+            else:
+                value, data = raw.decode(), raw
         except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
             return None
         if not value or len(value) > limit:  # left for the validator (empty, too long)
             return raw
-        return self.hash(value).encode()
+        return self.hash_utf8(data)
 
     def fingerprint(self) -> str:
         """Tells two keys apart without revealing either (for the checkpoint's settings: a

@@ -143,9 +143,9 @@ class PrivacyTransform:
         self.truncate = settings.truncate_ip and upload and kind == "interactions"
         self.counts = PrivacyCounts()
         self._ids = [  # one per field: each has its length limit
-            KeyRewriter([name], self._hasher(MAX_LENGTH[name])) for name in fields if upload
+            KeyRewriter([name], self._pseudonym(MAX_LENGTH[name])) for name in fields if upload
         ]
-        self._ips = KeyRewriter(["truncated_ip"], self._truncate_value)
+        self._ips = KeyRewriter(["truncated_ip"], _truncated_bytes)
         self._decode_fields = msgspec.json.Decoder(IdFields).decode
         pseudonym = key.hash if key is not None else str
         self._user_swaps = Swaps("user_id", pseudonym)
@@ -383,14 +383,15 @@ class PrivacyTransform:
         return flagged
 
     def _pseudonym(self, limit: int) -> Callable[[bytes], bytes]:
-        """The compiled scanner's miss: the content of a JSON string with no escape and
-        only ASCII (it leaves any other to Python) -> its pseudonym; an empty or too long
-        id stays (the validator judges it)."""
+        """A JSON string's content -> its pseudonym (`HashKey.hash_json`); an empty or too
+        long id, or one that is not a string's content, stays as it is (the validator judges
+        it). For the regex fallback and for the compiled pass's misses alike."""
         assert self.key is not None
-        hash_utf8 = self.key.hash_utf8
+        hash_json = self.key.hash_json
 
-        def pseudonym(raw: bytes) -> bytes:  # ASCII: its length is the id's
-            return hash_utf8(raw) if 0 < len(raw) <= limit else raw
+        def pseudonym(raw: bytes) -> bytes:
+            hashed = hash_json(raw, limit)
+            return raw if hashed is None else hashed
 
         return pseudonym
 
@@ -481,22 +482,6 @@ class PrivacyTransform:
             self.counts.ips_truncated += n
         return line
 
-    def _hasher(self, limit: int) -> Callable[[bytes], bytes | None]:
-        def hash_value(raw: bytes) -> bytes | None:
-            assert self.key is not None
-            hashed = self.key.hash_json(raw, limit)
-            return None if hashed == raw else hashed
-
-        return hash_value
-
-    def _truncate_value(self, raw: bytes) -> bytes | None:
-        try:
-            text = raw.decode()
-        except UnicodeDecodeError:
-            return None
-        short = truncate_ip(text)
-        return None if short == text else short.encode()
-
     def _hash_bare_ids(self, block: Block) -> None:
         """Delete ids, as IdLines leaves them (JSON strings): hashed so they hit the records
         that were loaded hashed."""
@@ -573,8 +558,13 @@ class PrivacyTransform:
 
 
 def _truncated_bytes(raw: bytes) -> bytes:
-    """The compiled scanner's miss for `truncated_ip` (ASCII, no escape): `truncate_ip`."""
-    text = raw.decode("ascii")
+    """A `truncated_ip` string's content, truncated (`truncate_ip`); as it is when it is not
+    an address or not UTF-8 (the validator judges it). For the regex fallback and for the
+    compiled pass's misses alike."""
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return raw
     short = truncate_ip(text)
     return raw if short == text else short.encode()
 
